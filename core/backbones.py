@@ -158,6 +158,8 @@ class ImageBackbone(torch.nn.Module):
             self.mean, self.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
             self.hf = True
         self.net.eval().requires_grad_(False).to(self.device_)
+        if not self.hf:  # depthwise convs run ~2.4x faster on the CPU in channels_last
+            self.net.to(memory_format=torch.channels_last)
 
     @staticmethod
     def _efficientnet_lite0() -> torch.nn.Module:
@@ -177,7 +179,7 @@ class ImageBackbone(torch.nn.Module):
         out = []
         S = self.image_size
         for im in images:
-            x = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div_(255.0)[None]
+            x = torch.from_numpy(np.array(im, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)[None]
             h, w = x.shape[-2:]
             scale = S / min(h, w)
             nh, nw = max(S, round(h * scale)), max(S, round(w * scale))
@@ -187,7 +189,8 @@ class ImageBackbone(torch.nn.Module):
         x = torch.cat(out)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(self.device_)
+        x = ((x - mean) / std).to(self.device_)
+        return x if self.hf else x.contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def feature_map(self, images: Sequence[np.ndarray], batch_size: int = 32) -> torch.Tensor:

@@ -1,0 +1,206 @@
+"""Feature cache: every product's backbone features on disk, for training and evaluation.
+
+    python -m core.features build --manifest M --out DIR [--limit N] [--device auto|cpu|cuda]
+
+Layout (never pickle): DIR/index.json and DIR/shards/shard-NNNNN.safetensors, whose tensors are
+named `<product id>/<feature key>`. Each shard is written to a temp file and renamed, then the
+index is rewritten the same way, so a killed run loses at most the chunk in flight; re-running
+skips the products already in the index.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .backbones import BackboneConfig, set_offline
+from .errors import CacheError, ScaleError
+from .modalities import pattern
+from .records import Product, read_manifest
+
+VERSION = 1
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class FeatureCache:
+    """Read access to a built cache: a mapping product id -> features dict."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        index = self.root / "index.json"
+        if not index.is_file():
+            raise CacheError(f"{index}: no feature cache here. Fix: run `python -m core.features build --manifest M --out {self.root}`.")
+        try:
+            self.index = json.loads(index.read_text())
+        except json.JSONDecodeError as e:
+            raise CacheError(f"{index}: corrupt index ({e}). Fix: delete the folder and build again.") from None
+        self._shards: dict[str, dict[str, np.ndarray]] = {}
+
+    @property
+    def backbones(self) -> BackboneConfig:
+        return BackboneConfig.from_dict(self.index.get("backbones", {}))
+
+    @property
+    def products(self) -> dict[str, dict]:
+        return self.index["products"]
+
+    def keys(self) -> list[str]:
+        return list(self.products)
+
+    def __contains__(self, pid: str) -> bool:
+        return pid in self.products
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    def _shard(self, name: str) -> dict[str, np.ndarray]:
+        if name not in self._shards:
+            from safetensors.numpy import load_file
+
+            path = self.root / "shards" / name
+            try:
+                self._shards[name] = load_file(str(path))
+            except Exception as e:  # noqa: BLE001 - any read failure of the shard means the same fix
+                raise CacheError(f"{path}: unreadable shard ({e}). Fix: delete it and its index entries, or rebuild the cache.") from None
+        return self._shards[name]
+
+    def __getitem__(self, pid: str) -> dict[str, np.ndarray]:
+        try:
+            entry = self.products[pid]
+        except KeyError:
+            raise KeyError(f"product {pid!r} is not in the feature cache {self.root}") from None
+        shard = self._shard(entry["shard"])
+        prefix = pid + "/"
+        return {k[len(prefix):]: v for k, v in shard.items() if k.startswith(prefix)}
+
+    def present(self, pid: str) -> list[bool]:
+        return [c != "-" for c in self.products[pid]["pattern"]]
+
+
+def _chunks(items: Sequence[Product], n: int) -> Iterator[list[Product]]:
+    for i in range(0, len(items), n):
+        yield list(items[i: i + n])
+
+
+def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None, device: str = "auto",
+                chunk: int = 32, cfg: BackboneConfig = BackboneConfig(), progress: bool = True,
+                products: Sequence[Product] | None = None) -> dict:
+    """Extract and store the features of every product not yet cached. Returns the summary dict."""
+    from safetensors.numpy import save as save_bytes
+    from tqdm import tqdm
+
+    from .featurize import Featurizer, feature_present
+
+    out = Path(out)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    index_path = out / "index.json"
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        if index.get("backbones") != cfg.to_dict():
+            raise CacheError(f"{index_path}: cache was built with other backbones {index.get('backbones')}. "
+                             "Fix: use another --out folder, or delete this one.")
+    else:
+        index = {"version": VERSION, "backbones": cfg.to_dict(), "manifest": str(manifest), "products": {}, "failures": {}}
+    all_products = list(products) if products is not None else read_manifest(manifest)
+    if limit:
+        all_products = all_products[:limit]
+    todo = [p for p in all_products if p.id not in index["products"] and p.id not in index["failures"]]
+    started = time.time()
+    n_shard = len(list((out / "shards").glob("shard-*.safetensors")))
+    featurizer = Featurizer(cfg, device) if todo else None
+    bar = tqdm(total=len(todo), unit="product", disable=not progress, desc="features", dynamic_ncols=True)
+    for group in _chunks(todo, chunk):
+        decoded = [featurizer.decode(p) for p in group]
+        feats = featurizer.encode_many(decoded)
+        tensors: dict[str, np.ndarray] = {}
+        name = f"shard-{n_shard:05d}.safetensors"
+        entries = {}
+        for p, d, f in zip(group, decoded, feats):
+            if d.errors:
+                index["failures"][p.id] = {"modalities": d.errors}
+            if not f:
+                index["failures"].setdefault(p.id, {})["rejected"] = f"product {p.id!r} has no usable modality left."
+                continue
+            for k, v in f.items():
+                tensors[f"{p.id}/{k}"] = np.ascontiguousarray(v)
+            entries[p.id] = {"shard": name, "pattern": pattern(feature_present(f)), "split": p.split, "category": p.category}
+        if tensors:
+            _atomic_write_bytes(out / "shards" / name, save_bytes(tensors))
+            n_shard += 1
+        index["products"].update(entries)
+        _atomic_write_bytes(index_path, json.dumps(index).encode())
+        bar.update(len(group))
+    bar.close()
+    elapsed = time.time() - started
+    return summarize(index, elapsed, len(todo))
+
+
+def summarize(index: dict, elapsed: float = 0.0, processed: int = 0) -> dict:
+    patterns = Counter(e["pattern"] for e in index["products"].values())
+    return {
+        "products": len(index["products"]),
+        "processed_now": processed,
+        "seconds": round(elapsed, 1),
+        "products_per_s": round(processed / elapsed, 2) if elapsed > 0 else None,
+        "patterns": dict(patterns.most_common()),
+        "failures": index["failures"],
+    }
+
+
+def print_summary(s: dict) -> None:
+    print(f"\n{s['products']} products cached ({s['processed_now']} processed now in {s['seconds']} s"
+          + (f", {s['products_per_s']} products/s)" if s["products_per_s"] else ")"))
+    print("present-modality patterns (T text, B table, I image, V video, A audio):")
+    for pat, n in s["patterns"].items():
+        print(f"  {pat}  {n}")
+    fails = s["failures"]
+    print(f"{len(fails)} products had a failed modality or were rejected:")
+    for pid, f in list(fails.items())[:50]:
+        for m, msg in f.get("modalities", {}).items():
+            print(f"  {pid} [{m}] {msg}")
+        if "rejected" in f:
+            print(f"  {pid} REJECTED: {f['rejected']}")
+    if len(fails) > 50:
+        print(f"  ... and {len(fails) - 50} more (see index.json)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    set_offline()
+    ap = argparse.ArgumentParser(prog="python -m core.features", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="extract and store every product's features")
+    b.add_argument("--manifest", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--limit", type=int, default=None)
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--chunk", type=int, default=32, help="products per shard")
+    b.add_argument("--json", default=None, help="also write the summary here")
+    args = ap.parse_args(argv)
+    try:
+        s = build_cache(args.manifest, args.out, args.limit, args.device, args.chunk)
+    except ScaleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_summary(s)
+    if args.json:
+        Path(args.json).write_text(json.dumps(s, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Evaluation metrics for embeddings: pure numpy / scikit-learn, no torch.
+
+Follows the M5Product toolkit's protocol (docs/SCALE.md section 8):
+
+- `retrieval_scores`: category-level retrieval, mAP@K and P@K (x100), dot-product scores,
+  the query's own id dropped from its ranking.
+- `instance_recall`: instance-level cross-modal matching, Recall@K (x100), row i matches row i.
+- `linear_probe`: stratified k-fold logistic regression on standardized frozen embeddings.
+- `clustering`: k-means, NMI and purity (x100).
+- `pca_project` / `concat_pca`: the "frozen backbone" baseline embedding.
+- `l2n`: safe row L2 normalization (zero rows stay zero).
+
+Ties: `retrieval_scores` ranks with a stable sort, so equal scores keep gallery order (as a
+top-k would, approximately); `instance_recall` counts ties against the query (pessimistic), so
+degenerate embeddings (for example all zeros) never score well.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import normalized_mutual_info_score
+from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+__all__ = [
+    "l2n",
+    "retrieval_scores",
+    "instance_recall",
+    "linear_probe",
+    "clustering",
+    "pca_project",
+    "concat_pca",
+]
+
+
+def l2n(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Row-wise L2 normalization as float32/float64; rows of (near) zeros stay zero, no NaN."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    safe = np.where(norms > eps, norms, 1.0)
+    return np.where(norms > eps, x / safe, 0.0).astype(x.dtype, copy=False)
+
+
+def _as_2d(name: str, x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, D), got shape {x.shape}")
+    return x
+
+
+def _encode_pair(a: Sequence[Any], b: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Map two label (or id) sequences to shared integer codes so any hashable type compares."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    both = np.concatenate([a.astype(object), b.astype(object)]) if a.dtype != b.dtype else np.concatenate([a, b])
+    try:
+        _, codes = np.unique(both, return_inverse=True)
+    except TypeError:  # mixed, unorderable types
+        table: dict[Any, int] = {}
+        codes = np.array([table.setdefault(v, len(table)) for v in both.tolist()])
+    codes = codes.reshape(-1)
+    return codes[: len(a)], codes[len(a):]
+
+
+def retrieval_scores(
+    query: np.ndarray,
+    gallery: np.ndarray,
+    query_labels: Sequence[Any],
+    gallery_labels: Sequence[Any],
+    query_ids: Sequence[Any] | None = None,
+    gallery_ids: Sequence[Any] | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk: int = 512,
+) -> dict[str, float | int]:
+    """Category retrieval as the M5Product toolkit: returns {"mAP@K", "P@K"} (x100) for K in ks.
+
+    Scores are dot products (normalize beforehand for cosine). When ids are given, gallery items
+    with the query's id are dropped from that query's ranking. Positives are the remaining gallery
+    items sharing the query's label. Per query and K: k = min(K, #positives, #ranked);
+    P@K = hits in top k / k; AP@K = (1/#hits) * sum over hit positions i < k of
+    (hits so far / (i + 1)), 0 with no hits.
+
+    Queries with no positive left in the gallery (k would be 0) are skipped, not counted as 0:
+    "queries" is the number of queries averaged over, "queries_skipped" the number skipped.
+    With no usable query, every score is NaN.
+    """
+    q = _as_2d("query", query)
+    g = _as_2d("gallery", gallery)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
+    nq, ng = len(q), len(g)
+    if len(query_labels) != nq or len(gallery_labels) != ng:
+        raise ValueError("query_labels / gallery_labels must match query / gallery rows")
+    if (query_ids is None) != (gallery_ids is None):
+        raise ValueError("give both query_ids and gallery_ids, or neither")
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    ql, gl = _encode_pair(query_labels, gallery_labels)
+    use_ids = query_ids is not None
+    if use_ids:
+        if len(query_ids) != nq or len(gallery_ids) != ng:  # type: ignore[arg-type]
+            raise ValueError("query_ids / gallery_ids must match query / gallery rows")
+        qi, gi = _encode_pair(query_ids, gallery_ids)  # type: ignore[arg-type]
+
+    max_k = max(ks)
+    ap_sum = {k: 0.0 for k in ks}
+    p_sum = {k: 0.0 for k in ks}
+    used = 0
+    pos_range = np.arange(max_k)
+    for start in range(0, nq, max(1, int(chunk))):
+        stop = min(start + max(1, int(chunk)), nq)
+        scores = (q[start:stop] @ g.T).astype(np.float64)  # (C, Ng)
+        keep = np.ones_like(scores, dtype=bool)
+        if use_ids:
+            keep = qi[start:stop, None] != gi[None, :]
+        positive = (ql[start:stop, None] == gl[None, :]) & keep
+        n_pos = positive.sum(1)
+        n_ranked = keep.sum(1)
+        scores = np.where(keep, scores, -np.inf)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :max_k]  # (C, <=max_k)
+        rel = np.take_along_axis(positive, top, axis=1)  # dropped items are never positive
+        width = rel.shape[1]
+        ok = n_pos > 0
+        used += int(ok.sum())
+        for K in ks:
+            kk = np.minimum(np.minimum(K, n_pos), n_ranked)  # (C,)
+            inside = pos_range[None, :width] < kk[:, None]
+            hit = rel & inside
+            hits = hit.sum(1)
+            prec = np.cumsum(hit, axis=1) / (pos_range[None, :width] + 1.0)
+            ap = np.where(hits > 0, (prec * hit).sum(1) / np.maximum(hits, 1), 0.0)
+            p = hits / np.maximum(kk, 1)
+            ap_sum[K] += float(ap[ok].sum())
+            p_sum[K] += float(p[ok].sum())
+
+    out: dict[str, float | int] = {}
+    for K in ks:
+        out[f"mAP@{K}"] = 100.0 * ap_sum[K] / used if used else float("nan")
+        out[f"P@{K}"] = 100.0 * p_sum[K] / used if used else float("nan")
+    out["queries"] = used
+    out["queries_skipped"] = nq - used
+    return out
+
+
+def instance_recall(
+    query: np.ndarray,
+    gallery: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    valid: np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
+    chunk: int = 1024,
+) -> dict[str, float | int]:
+    """Instance-level matching Recall@K (x100): query row i's match is gallery row i.
+
+    `valid` is one boolean mask (N,) or a pair (query_valid, gallery_valid); only rows valid on
+    both sides are used, as queries and as gallery candidates. Scores are dot products; ties with
+    the true match count against it. Returns {"R@K"...,"n": rows used}; NaN scores with no rows.
+    """
+    q = _as_2d("query", query)
+    g = _as_2d("gallery", gallery)
+    if q.shape != g.shape:
+        raise ValueError(f"query {q.shape} and gallery {g.shape} must have the same shape")
+    n = len(q)
+    mask = np.ones(n, dtype=bool)
+    if valid is not None:
+        if isinstance(valid, tuple):
+            for v in valid:
+                mask &= np.asarray(v, dtype=bool).reshape(n)
+        else:
+            mask &= np.asarray(valid, dtype=bool).reshape(n)
+    q, g = q[mask], g[mask]
+    m = len(q)
+    ks = tuple(int(k) for k in ks)
+    ranks = np.empty(m, dtype=np.int64)
+    step = max(1, int(chunk))
+    for start in range(0, m, step):
+        stop = min(start + step, m)
+        s = (q[start:stop] @ g.T).astype(np.float64)
+        rows = np.arange(stop - start)
+        own = s[rows, np.arange(start, stop)]
+        ge = s >= own[:, None]
+        ge[rows, np.arange(start, stop)] = False
+        ranks[start:stop] = ge.sum(1)  # 0 = matched first
+    out: dict[str, float | int] = {}
+    for K in ks:
+        out[f"R@{K}"] = 100.0 * float((ranks < K).mean()) if m else float("nan")
+    out["n"] = m
+    return out
+
+
+def linear_probe(X: np.ndarray, y: Sequence[Any], folds: int = 5, seed: int = 0) -> dict[str, float | int]:
+    """Linear probe: standardized features -> LogisticRegression(max_iter=1000), k-fold CV.
+
+    Classes with fewer than 2 members are dropped (reported as "dropped" samples). Uses
+    StratifiedKFold when the largest class has at least `folds` members (classes smaller than
+    `folds` are then missing from some test folds; sklearn's warning about it is silenced),
+    otherwise shuffled KFold. Folds are capped at the number of samples.
+    Returns accuracy mean/std (x100), "chance" (majority-class rate x100), "folds", "n",
+    "classes", "dropped".
+    """
+    X = _as_2d("X", X)
+    y = np.asarray(y)
+    if len(y) != len(X):
+        raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels")
+    _, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
+    codes = codes.reshape(-1)
+    keep = counts[codes] >= 2
+    dropped = int((~keep).sum())
+    Xk, yk = X[keep], codes[keep]
+    classes, kc = np.unique(yk, return_counts=True)
+    if len(classes) < 2:
+        raise ValueError("linear_probe needs at least 2 classes with 2 or more samples each")
+    n_splits = min(int(folds), len(yk))
+    if n_splits < 2:
+        raise ValueError("linear_probe needs folds >= 2")
+    if kc.max() >= n_splits:
+        splitter: StratifiedKFold | KFold = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    else:
+        splitter = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    accs: list[float] = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*least populated class.*")
+        warnings.filterwarnings("ignore", category=UserWarning)
+        for tr, te in splitter.split(Xk, yk):
+            if len(np.unique(yk[tr])) < 2:  # cannot fit one class; predict it
+                accs.append(float((yk[te] == yk[tr][0]).mean()))
+                continue
+            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+            clf.fit(Xk[tr], yk[tr])
+            accs.append(float((clf.predict(Xk[te]) == yk[te]).mean()))
+    a = np.asarray(accs)
+    return {
+        "acc": 100.0 * float(a.mean()),
+        "acc_std": 100.0 * float(a.std()),
+        "chance": 100.0 * float(kc.max() / kc.sum()),
+        "folds": n_splits,
+        "n": int(len(yk)),
+        "classes": int(len(classes)),
+        "dropped": dropped,
+    }
+
+
+def clustering(X: np.ndarray, y: Sequence[Any], k: int | None = None, seed: int = 0) -> dict[str, float | int]:
+    """k-means (k = number of distinct labels by default, n_init=10) -> NMI and purity (x100).
+
+    Purity = sum over clusters of the size of its most common label, divided by N.
+    """
+    X = _as_2d("X", X)
+    y = np.asarray(y)
+    if len(y) != len(X):
+        raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels")
+    _, codes = np.unique(y, return_inverse=True)
+    codes = codes.reshape(-1)
+    n_clusters = int(k) if k is not None else int(codes.max() + 1)
+    n_clusters = max(1, min(n_clusters, len(X)))
+    km = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed)
+    pred = km.fit_predict(np.asarray(X, dtype=np.float64))
+    nmi = normalized_mutual_info_score(codes, pred)
+    table = np.zeros((n_clusters, int(codes.max()) + 1), dtype=np.int64)
+    np.add.at(table, (pred, codes), 1)
+    purity = table.max(1).sum() / len(codes)
+    return {"nmi": 100.0 * float(nmi), "purity": 100.0 * float(purity), "k": n_clusters}
+
+
+def pca_project(X: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fit PCA; returns (mean (D,), components (d, D)) with d = min(dim, N, D).
+
+    Project with `(X - mean) @ components.T`.
+    """
+    X = _as_2d("X", X)
+    d = max(1, min(int(dim), X.shape[0], X.shape[1]))
+    pca = PCA(n_components=d, random_state=seed)
+    pca.fit(np.asarray(X, dtype=np.float64))
+    return pca.mean_.astype(np.float64), pca.components_.astype(np.float64)
+
+
+def concat_pca(blocks: Sequence[np.ndarray], dim: int = 256, seed: int = 0) -> np.ndarray:
+    """Frozen-backbone baseline: L2-normalize each block (zero rows stay zero), concatenate,
+    PCA to min(dim, N, total D) dimensions. Returns float32 (N, d), not re-normalized."""
+    if len(blocks) == 0:
+        raise ValueError("concat_pca needs at least one block")
+    mats = [_as_2d(f"blocks[{i}]", b) for i, b in enumerate(blocks)]
+    n = len(mats[0])
+    if any(len(b) != n for b in mats):
+        raise ValueError(f"all blocks must have the same rows, got {[len(b) for b in mats]}")
+    Z = np.concatenate([l2n(np.asarray(b, dtype=np.float64)) for b in mats], axis=1)
+    mean, comp = pca_project(Z, dim, seed=seed)
+    return ((Z - mean) @ comp.T).astype(np.float32)

@@ -1,0 +1,31 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHOP3K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "shop3k" / "manifest.jsonl"
+
+
+@pytest.fixture(scope="session")
+def synth_catalog(tmp_path_factory) -> Path:
+    """Manifest of 6 generated products with real media files (PNG, MP4+AAC, WAV)."""
+    from core.synth import make_catalog
+
+    return make_catalog(tmp_path_factory.mktemp("synth"), n=6, video_seconds=2.0, audio_seconds=2.0)
+
+
+@pytest.fixture(scope="session")
+def featurizer():
+    from core.featurize import Featurizer
+
+    return Featurizer(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def shop3k_manifest() -> Path:
+    if not SHOP3K.is_file():
+        pytest.skip(f"shop3k data not found at {SHOP3K} (the shared data folder is not beside this checkout)")
+    return SHOP3K

@@ -1,0 +1,246 @@
+"""Tests for core.metrics: hand-computed retrieval numbers, sanity cases for the rest."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.metrics import (
+    clustering,
+    concat_pca,
+    instance_recall,
+    l2n,
+    linear_probe,
+    pca_project,
+    retrieval_scores,
+)
+
+# Toy gallery on a line: with query [1.0] the score of each item is its value, so the ranking
+# is g0 > g1 > g2 > g3 > g4.
+G = np.array([[0.9], [0.8], [0.7], [0.6], [0.5]])
+G_LABELS = ["A", "B", "A", "A", "B"]
+Q = np.array([[1.0]])
+
+
+def _reference(q, g, ql, gl, qi=None, gi=None, ks=(1, 5, 10)):
+    """Per-query loop, straight from the toolkit formula (test oracle for the vectorized code)."""
+    ap = {k: [] for k in ks}
+    pk = {k: [] for k in ks}
+    for a in range(len(q)):
+        idx = [j for j in range(len(g)) if qi is None or gi[j] != qi[a]]
+        s = np.array([q[a] @ g[j] for j in idx])
+        order = [idx[t] for t in np.argsort(-s, kind="stable")]
+        rel = [gl[j] == ql[a] for j in order]
+        npos = sum(rel)
+        if npos == 0:
+            continue
+        for K in ks:
+            k = min(K, npos, len(order))
+            hits, acc = 0, 0.0
+            for i in range(k):
+                if rel[i]:
+                    hits += 1
+                    acc += hits / (i + 1)
+            ap[K].append(acc / hits if hits else 0.0)
+            pk[K].append(hits / k)
+    return {**{f"mAP@{k}": 100 * np.mean(ap[k]) for k in ks}, **{f"P@{k}": 100 * np.mean(pk[k]) for k in ks}}
+
+
+def test_retrieval_hand_computed_fewer_positives_than_k():
+    # Ranked relevance: A B A A B -> 1 0 1 1 0; 3 positives.
+    r = retrieval_scores(Q, G, ["A"], G_LABELS, ks=(1, 2, 5, 10))
+    # K=1: k=1, top [1] -> P=1, AP=1.
+    assert r["P@1"] == pytest.approx(100.0)
+    assert r["mAP@1"] == pytest.approx(100.0)
+    # K=2: k=2, top [1,0] -> P=1/2, AP=(1/1)(1/1)=1.
+    assert r["P@2"] == pytest.approx(50.0)
+    assert r["mAP@2"] == pytest.approx(100.0)
+    # K=5: k=min(5, 3 positives, 5)=3, top [1,0,1] -> P=2/3, AP=(1/2)(1/1 + 2/3)=5/6.
+    assert r["P@5"] == pytest.approx(100 * 2 / 3)
+    assert r["mAP@5"] == pytest.approx(100 * 5 / 6)
+    # K=10: same k=3.
+    assert r["P@10"] == pytest.approx(100 * 2 / 3)
+    assert r["mAP@10"] == pytest.approx(100 * 5 / 6)
+    assert r["queries"] == 1 and r["queries_skipped"] == 0
+
+
+def test_retrieval_drops_query_own_id():
+    # g0 is the query itself; dropped -> ranking g1 g2 g3 g4 = B A A B -> 0 1 1 0, 2 positives.
+    ids = ["x", "a", "b", "c", "d"]
+    r = retrieval_scores(Q, G, ["A"], G_LABELS, query_ids=["x"], gallery_ids=ids, ks=(1, 5))
+    # K=1: k=1, top [0] -> P=0, AP=0.
+    assert r["P@1"] == pytest.approx(0.0)
+    assert r["mAP@1"] == pytest.approx(0.0)
+    # K=5: k=min(5, 2, 4)=2, top [0,1] -> P=1/2, AP=(1/1)(1/2)=1/2.
+    assert r["P@5"] == pytest.approx(50.0)
+    assert r["mAP@5"] == pytest.approx(50.0)
+    # Without ids the query's own copy would count (P@1 = 100).
+    assert retrieval_scores(Q, G, ["A"], G_LABELS, ks=(1,))["P@1"] == pytest.approx(100.0)
+
+
+def test_retrieval_fewer_ranked_than_k_and_mean_over_queries():
+    # Gallery of 2 items, both label A. Query [1.0] ranks g0 (1.0), g1 (0.5).
+    g = np.array([[1.0], [0.5]])
+    # K=5: k = min(5, 2 positives, 2 ranked) = 2, top [1,1] -> P=1, AP=(1/2)(1/1 + 2/2)=1.
+    r = retrieval_scores(np.array([[1.0]]), g, ["A"], ["A", "A"], ks=(5,))
+    assert r["P@5"] == pytest.approx(100.0) and r["mAP@5"] == pytest.approx(100.0)
+    # Gallery labels [A, B]. Query 1 [1.0], label A: ranks g0(A), g1(B); 1 positive -> k=1,
+    #   top [1] -> P=1, AP=1.
+    # Query 2 [-1.0], label A: scores -1.0, -0.5 -> ranks g1(B), g0(A); k=1, top [0] -> P=0, AP=0.
+    # Query 3 label C: no positive -> skipped. Means over the 2 used queries: 50, 50.
+    q = np.array([[1.0], [-1.0], [1.0]])
+    r2 = retrieval_scores(q, g, ["A", "A", "C"], ["A", "B"], ks=(5,))
+    assert r2["queries"] == 2 and r2["queries_skipped"] == 1
+    assert r2["P@5"] == pytest.approx(50.0)
+    assert r2["mAP@5"] == pytest.approx(50.0)
+
+
+def test_retrieval_all_queries_skipped_gives_nan():
+    r = retrieval_scores(Q, G, ["Z"], G_LABELS, ks=(1,))
+    assert r["queries"] == 0 and np.isnan(r["mAP@1"])
+
+
+def test_retrieval_matches_loop_reference_and_is_chunk_invariant():
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(37, 6))
+    g = rng.normal(size=(50, 6))
+    ql = rng.integers(0, 5, 37).tolist()
+    gl = rng.integers(0, 5, 50).tolist()
+    gi = [f"p{j}" for j in range(50)]
+    qi = [f"p{j}" for j in rng.integers(0, 60, 37)]  # some ids present in the gallery, some not
+    ref = _reference(q, g, ql, gl, qi, gi)
+    for chunk in (1, 7, 1000):
+        r = retrieval_scores(q, g, ql, gl, qi, gi, chunk=chunk)
+        for key, v in ref.items():
+            assert r[key] == pytest.approx(v), (chunk, key)
+
+
+def test_retrieval_perfect_vs_shuffled():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(6), 20)
+    centers = l2n(rng.normal(size=(6, 16)))
+    emb = l2n(centers[labels] + 0.05 * rng.normal(size=(len(labels), 16)))
+    ids = np.arange(len(labels))
+    r = retrieval_scores(emb, emb, labels, labels, ids, ids)
+    for K in (1, 5, 10):
+        assert r[f"mAP@{K}"] == pytest.approx(100.0)
+        assert r[f"P@{K}"] == pytest.approx(100.0)
+    shuffled = rng.permutation(labels)
+    r2 = retrieval_scores(emb, emb, shuffled, shuffled, ids, ids)
+    assert r2["mAP@10"] < 60 and r2["P@10"] < 60
+
+
+def test_instance_recall_hand_case():
+    # Row 0: query [1,0] scores gallery [1,0] -> 1, [0,1] -> 0: own match first (rank 0).
+    # Row 1: query [1,0.5] scores [1,0] -> 1.0, own [0,1] -> 0.5: own match second (rank 1).
+    q = np.array([[1.0, 0.0], [1.0, 0.5]])
+    g = np.array([[1.0, 0.0], [0.0, 1.0]])
+    r = instance_recall(q, g, ks=(1, 2))
+    assert r["R@1"] == pytest.approx(50.0)
+    assert r["R@2"] == pytest.approx(100.0)
+    assert r["n"] == 2
+
+
+def test_instance_recall_identity_vs_permuted_and_valid():
+    rng = np.random.default_rng(2)
+    x = l2n(rng.normal(size=(200, 32)))
+    ident = instance_recall(x, x)
+    assert ident["R@1"] == pytest.approx(100.0)
+    perm = instance_recall(x, x[rng.permutation(200)])
+    assert perm["R@1"] < 10 and perm["R@10"] < 30
+    # Ties count against the query: all-zero embeddings cannot look perfect.
+    z = np.zeros((10, 4))
+    assert instance_recall(z, z)["R@1"] == pytest.approx(0.0)
+    # valid: rows invalid on either side are removed (as queries and as candidates).
+    y = x.copy()
+    y[:50] = rng.normal(size=(50, 32))  # corrupt first 50 gallery rows
+    vq = np.ones(200, bool)
+    vg = np.ones(200, bool)
+    vg[:50] = False
+    r = instance_recall(x, y, valid=(vq, vg))
+    assert r["n"] == 150 and r["R@1"] == pytest.approx(100.0)
+    assert instance_recall(x, y)["R@1"] < 100.0
+    single = instance_recall(x, y, valid=vg)
+    assert single["n"] == 150
+
+
+def _blobs(n_per, n_cls, dim, spread, seed):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_cls, dim)) * 10
+    y = np.repeat(np.arange(n_cls), n_per)
+    X = centers[y] + spread * rng.normal(size=(len(y), dim))
+    return X, y
+
+
+def test_linear_probe_separable_vs_random_labels():
+    X, y = _blobs(40, 3, 10, 1.0, 3)
+    r = linear_probe(X, y, folds=5, seed=0)
+    assert r["acc"] > 95
+    assert r["folds"] == 5 and r["n"] == 120 and r["dropped"] == 0
+    yr = np.random.default_rng(4).integers(0, 3, len(y))
+    rr = linear_probe(X, yr, folds=5, seed=0)
+    assert rr["acc"] < 55  # chance is ~33%
+    assert rr["acc"] < r["acc"] - 30
+
+
+def test_linear_probe_drops_singleton_classes_and_small_classes_work():
+    X, y = _blobs(30, 2, 5, 1.0, 5)
+    X = np.vstack([X, np.ones((4, 5))])
+    y = np.concatenate([y, [7, 8, 9, 9]])  # two singletons dropped, class 9 has 2 < folds
+    r = linear_probe(X, y, folds=5)
+    assert r["dropped"] == 2
+    assert r["n"] == 62 and r["classes"] == 3
+    assert np.isfinite(r["acc"]) and r["acc"] > 80
+    with pytest.raises(ValueError):
+        linear_probe(X[:3], [0, 1, 2])
+
+
+def test_clustering_blobs_vs_random():
+    X, y = _blobs(50, 4, 8, 0.5, 6)
+    r = clustering(X, y, seed=0)
+    assert r["k"] == 4
+    assert r["nmi"] > 99 and r["purity"] > 99
+    yr = np.random.default_rng(7).integers(0, 4, len(y))
+    rr = clustering(X, yr, seed=0)
+    assert rr["nmi"] < 10 and rr["purity"] < 50
+
+
+def test_clustering_purity_hand_case():
+    # Two tight groups; labels in group 2 are mixed 2:1 -> purity = (3 + 2) / 6.
+    X = np.array([[0.0], [0.1], [0.2], [10.0], [10.1], [10.2]])
+    y = [0, 0, 0, 1, 1, 2]
+    r = clustering(X, y, k=2)
+    assert r["purity"] == pytest.approx(100 * 5 / 6)
+
+
+def test_l2n_zero_rows_stay_zero():
+    x = np.array([[3.0, 4.0], [0.0, 0.0]])
+    n = l2n(x)
+    assert np.allclose(n, [[0.6, 0.8], [0.0, 0.0]])
+    assert np.all(np.isfinite(n))
+    assert l2n(x.astype(np.float32)).dtype == np.float32
+
+
+def test_pca_project_and_concat_pca():
+    rng = np.random.default_rng(8)
+    a = rng.normal(size=(40, 12))
+    b = rng.normal(size=(40, 7))
+    b[5] = 0.0  # missing modality for row 5
+    out = concat_pca([a, b], dim=8)
+    assert out.shape == (40, 8) and out.dtype == np.float32
+    assert np.all(np.isfinite(out))
+    # Fewer samples / features than dim caps the output width.
+    assert concat_pca([a[:6], b[:6]], dim=256).shape == (6, 6)
+    assert concat_pca([a[:, :3]], dim=256).shape == (40, 3)
+    # Blocks are normalized per row: rescaling rows changes nothing; the zero row stays zero in
+    # its block, so the result equals projecting [l2n(a), l2n(b)] by hand.
+    scaled = concat_pca([a * rng.uniform(0.5, 5, size=(40, 1)), b * 3.0], dim=8)
+    assert np.allclose(scaled, out, atol=1e-4)
+    z = np.concatenate([l2n(a), l2n(b)], axis=1)
+    assert np.all(z[5, 12:] == 0)
+    mean, comp = pca_project(z, 8)
+    assert comp.shape == (8, 19) and mean.shape == (19,)
+    assert np.allclose((z - mean) @ comp.T, out, atol=1e-4)
+    # Components are orthonormal.
+    assert np.allclose(comp @ comp.T, np.eye(8), atol=1e-8)
+    with pytest.raises(ValueError):
+        concat_pca([a, b[:10]])

@@ -1,0 +1,453 @@
+"""Train SCALE on a manifest (SCALE.md section 7), on one process or under `torchrun` (DDP).
+
+    python -m core.train --manifest M --out RUN_DIR [--config small|base|FILE.json] [--epochs N]
+        [--batch-size B] [--set key=value ...] [--resume]
+    torchrun --nproc_per_node 2 -m core.train ...   (gloo on CPU, NCCL on GPU)
+
+RUN_DIR gets metrics.jsonl (one line a step, plus one `val` line an epoch), checkpoints/step-N/
+(model + trainer state, written to a temp folder and renamed), LATEST (name of the newest one) and
+final/ (the trained model). `--resume` restores model, optimizer, scheduler, RNG and the position in
+the epoch: the data order and the masking of each step are functions of (seed, epoch, step), so a
+resumed run sees exactly the batches the killed one would have seen.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .backbones import resolve_device, set_offline
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import get_config
+from .dataset import Collator, FeatureDataset, batch_to
+from .errors import ScaleError
+from .features import FeatureCache, build_cache
+from .modalities import MODALITIES
+from .records import read_manifest
+
+
+class TrainingStopped(Exception):
+    """A non-finite loss: the run stops and the last good checkpoint stays."""
+
+
+@dataclass
+class TrainArgs:
+    manifest: str
+    out: str
+    config: str = "small"
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    pretrained_lr_mult: float = 0.1
+    clip: float = 1.0
+    seed: int = 0
+    cache: str | None = None
+    device: str = "auto"
+    resume: bool = False
+    save_every_min: float = 10.0
+    max_steps: int | None = None
+    split: str = "train"
+    val_split: str | None = "val"
+    modalities: str = ",".join(MODALITIES)
+    complete_only: bool = False
+    mask_prob: float = 0.15
+    sets: tuple = ()
+
+
+def parse_sets(sets) -> dict:
+    """`key=value` overrides of the model config; values are JSON when they parse as JSON."""
+    out = {}
+    for s in sets or ():
+        if "=" not in s:
+            raise ScaleError(f"--set {s!r}: expected key=value, for example --set harmonize=none")
+        k, v = s.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def default_cache_dir(manifest: str | Path) -> Path:
+    """The feature cache beside the repo, one folder per manifest."""
+    m = Path(manifest).resolve()
+    name = f"{m.parent.name}-{m.stem}"
+    return Path(__file__).resolve().parents[1] / "cache" / name
+
+
+def ensure_cache(manifest: str | Path, cache_dir: str | Path | None, device: str = "auto",
+                 rank: int = 0) -> FeatureCache:
+    """Open the feature cache of a manifest, building what is missing (rank 0 builds, others wait)."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(manifest)
+    if rank == 0:
+        products = read_manifest(manifest)
+        index = cache_dir / "index.json"
+        known = set()
+        if index.is_file():
+            idx = json.loads(index.read_text())
+            known = set(idx["products"]) | set(idx["failures"])
+        if any(p.id not in known for p in products):
+            print(f"building features for {sum(p.id not in known for p in products)} products into {cache_dir}", file=sys.stderr)
+            build_cache(manifest, cache_dir, device=device, products=products)
+    if dist.is_initialized():
+        dist.barrier()
+    return FeatureCache(cache_dir)
+
+
+def select_ids(cache: FeatureCache, manifest: str | Path, split: str | None, complete_only: bool = False) -> list[str]:
+    ids = [p.id for p in read_manifest(manifest) if p.id in cache and (split in (None, "all") or p.split == split)]
+    if complete_only:
+        ids = [i for i in ids if all(cache.present(i))]
+    return ids
+
+
+def lr_lambda(total: int, warmup: float):
+    w = max(1, int(total * warmup))
+
+    def f(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
+    return f
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
+    """Same permutation on every rank, each rank takes its stride (as DistributedSampler, padded)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    total = math.ceil(n / world) * world
+    perm += perm[: total - n]
+    return perm[rank:total:world]
+
+
+# ---------------------------------------------------------------- trainer state on disk (no pickle)
+def _save_state(path: Path, optimizer, scheduler, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    sd = optimizer.state_dict()
+    tensors, state_meta = {}, {}
+    for pid, st in sd["state"].items():
+        state_meta[str(pid)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                state_meta[str(pid)][k] = v
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    save_file(tensors, str(path / "trainer.safetensors"))
+    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in sd["param_groups"]]
+    meta = dict(meta, param_groups=groups, state_meta=state_meta, scheduler=scheduler.state_dict())
+    (path / "trainer.json").write_text(json.dumps(meta))
+
+
+def _load_state(path: Path, optimizer, scheduler) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path / "trainer.safetensors"))
+    meta = json.loads((path / "trainer.json").read_text())
+    state = {}
+    for pid, extra in meta["state_meta"].items():
+        st = dict(extra)
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            if f"opt.{pid}.{k}" in tensors:
+                st[k] = tensors[f"opt.{pid}.{k}"]
+        state[int(pid)] = st
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched = meta["scheduler"]
+    scheduler.load_state_dict(sched)
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return meta
+
+
+def write_checkpoint(run: Path, model, optimizer, scheduler, meta: dict, keep: int = 2) -> Path:
+    """Model + trainer state into checkpoints/step-N, via a temp folder renamed into place, then LATEST."""
+    root = run / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{meta['step']:07d}"
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model, tmp, extra={"train": meta})
+    _save_state(tmp, optimizer, scheduler, meta)
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    latest_tmp = run / ".LATEST.tmp"
+    latest_tmp.write_text(name)
+    os.replace(latest_tmp, run / "LATEST")
+    for old in sorted(p for p in root.glob("step-*") if p.name != name)[:-keep + 1 or None]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    f = run / "LATEST"
+    if f.is_file() and (run / "checkpoints" / f.read_text().strip()).is_dir():
+        return run / "checkpoints" / f.read_text().strip()
+    return None
+
+
+# ---------------------------------------------------------------- metrics
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            pass
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(l + "\n" for l in keep))
+    os.replace(tmp, path)
+
+
+def _scalar(x) -> float:
+    return float(x.detach().float().cpu()) if torch.is_tensor(x) else float(x)
+
+
+def step_record(out, step: int, epoch: int, lr: float, products: int) -> dict:
+    sp = out.S_prime.detach().float()
+    mean_sp = torch.nanmean(sp, dim=0).cpu().numpy()
+    return {"step": step, "epoch": epoch, "lr": lr, "products": products,
+            "loss": {k: round(_scalar(v), 5) for k, v in out.losses.items()},
+            "S_prime": [[None if not np.isfinite(x) else round(float(x), 4) for x in row] for row in mean_sp]}
+
+
+@torch.no_grad()
+def validate(model, dataset: FeatureDataset, collate_missing: str, device, batch_size: int, seed: int) -> dict:
+    """Validation loss (fixed masking) and fused category-retrieval mAP@10 over the split."""
+    from .metrics import l2n, retrieval_scores
+
+    model.eval()
+    col = Collator(missing=collate_missing, mask_prob=0.15, seed=seed)
+    emb_col = Collator(missing=collate_missing, mask_prob=0.0)
+    totals: dict[str, float] = {}
+    n = 0
+    fused = []
+    for i in range(0, len(dataset), batch_size):
+        items = [dataset[j] for j in range(i, min(len(dataset), i + batch_size))]
+        out = model(batch_to(col(items), device))
+        for k, v in out.losses.items():
+            totals[k] = totals.get(k, 0.0) + _scalar(v) * len(items)
+        fused.append(model.embed(batch_to(emb_col(items), device)).fused.float().cpu().numpy())
+        n += len(items)
+    model.train()
+    res = {k: round(v / max(n, 1), 5) for k, v in totals.items()}
+    cats = [dataset.source.products[pid].get("category") for pid in dataset.ids]
+    if fused and len(set(cats)) > 1:
+        X = l2n(np.concatenate(fused))
+        r = retrieval_scores(X, X, cats, cats, dataset.ids, dataset.ids, ks=(10,))
+        res["mAP@10"] = round(float(r["mAP@10"]), 3)
+    return res
+
+
+# ---------------------------------------------------------------- main loop
+def train(a: TrainArgs) -> Path:
+    """Run (or resume) a training run; returns RUN_DIR/final."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = resolve_device(a.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    run = Path(a.out)
+    is_main = rank == 0
+    if is_main:
+        run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(a.seed + rank)
+    overrides = parse_sets(a.sets)
+    cfg = get_config(a.config, **overrides)
+    cache = ensure_cache(a.manifest, a.cache, "cpu" if world > 1 and device.type == "cpu" else a.device, rank)
+    keep = tuple(m.strip() for m in a.modalities.split(",") if m.strip())
+    unknown = set(keep) - set(MODALITIES)
+    if unknown:
+        raise ScaleError(f"--modalities: unknown {sorted(unknown)}; use a comma list of {','.join(MODALITIES)}")
+    drop = tuple(m for m in MODALITIES if m not in keep)
+    train_ids = select_ids(cache, a.manifest, a.split, a.complete_only)
+    if not train_ids:
+        raise ScaleError(f"{a.manifest}: no cached products in split {a.split!r}. Fix: check the split names.")
+    train_set = FeatureDataset(cache, train_ids, drop=drop)
+    val_ids = select_ids(cache, a.manifest, a.val_split) if a.val_split else []
+    val_set = FeatureDataset(cache, val_ids, drop=drop) if val_ids else None
+
+    ckpt = latest_checkpoint(run) if a.resume else None
+    model = load_checkpoint(ckpt, device) if ckpt else __import__("core.model", fromlist=["SCALE"]).SCALE(cfg).to(device)
+    if ckpt:
+        cfg = model.cfg
+    model.train()
+    optimizer = model.configure_optimizers(a.lr, a.weight_decay, a.pretrained_lr_mult)
+    steps_per_epoch = math.ceil(len(train_set) / (a.batch_size * world))
+    total = a.epochs * steps_per_epoch if a.max_steps is None else min(a.max_steps, a.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, a.warmup))
+    step, epoch, in_epoch, elapsed0 = 0, 0, 0, 0.0
+    if ckpt:
+        meta = _load_state(ckpt, optimizer, scheduler)
+        step, epoch, in_epoch, elapsed0 = meta["step"], meta["epoch"], meta["in_epoch"], meta.get("elapsed", 0.0)
+        if is_main:
+            print(f"resumed from {ckpt} at step {step} (epoch {epoch}, batch {in_epoch})", file=sys.stderr)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(drop)) if world > 1 else model
+
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):  # save at the end of the current step, then exit
+        stop["signal"] = signum
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, on_signal)
+
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    if is_main and ckpt:  # the killed run may have logged steps past its last checkpoint
+        _truncate_metrics(run / "metrics.jsonl", step)
+    metrics_f = open(run / "metrics.jsonl", "a") if is_main else None
+    started, last_save = time.time(), time.time()
+
+    def meta_now() -> dict:
+        return {"step": step, "epoch": epoch, "in_epoch": in_epoch, "elapsed": elapsed0 + time.time() - started,
+                "args": {k: v for k, v in vars(a).items()}, "world": world}
+
+    def save() -> None:
+        if is_main:
+            write_checkpoint(run, model, optimizer, scheduler, meta_now())
+
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=step, unit="step", disable=not is_main, dynamic_ncols=True, desc="train")
+    products_seen = 0
+    try:
+        while step < total and epoch < a.epochs:
+            order = epoch_order(len(train_set), a.seed, epoch, rank, world)
+            batches = [order[i: i + a.batch_size] for i in range(0, len(order), a.batch_size)]
+            while in_epoch < len(batches) and step < total:
+                idx = batches[in_epoch]
+                col = Collator(missing=cfg.missing, mask_prob=a.mask_prob, seed=(a.seed, epoch, in_epoch, rank))
+                batch = batch_to(col([train_set[i] for i in idx]), device)
+                t0 = time.time()
+                with amp:
+                    out = ddp(batch)
+                loss = out.losses["total"]
+                if not torch.isfinite(loss):
+                    raise TrainingStopped(
+                        f"loss became {loss.item()} at step {step} (epoch {epoch}); losses: "
+                        f"{ {k: _scalar(v) for k, v in out.losses.items()} }. The last good checkpoint is kept in "
+                        f"{run / 'checkpoints'}. Fix: lower --lr, or --resume from it.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                in_epoch += 1
+                products_seen += len(idx) * world
+                if is_main:
+                    rec = step_record(out, step, epoch, scheduler.get_last_lr()[0], len(idx) * world)
+                    metrics_f.write(json.dumps(rec) + "\n")
+                    metrics_f.flush()
+                    rate = products_seen / max(1e-6, time.time() - started)
+                    bar.set_postfix_str(f"{rate:.1f} products/s loss {rec['loss']['total']:.3f} "
+                                        f"cl {rec['loss'].get('contrastive', 0):.3f} mlm {rec['loss'].get('mlm', 0):.3f}")
+                    bar.update(1)
+                stop_now = stop["signal"] is not None
+                if world > 1:  # every rank must agree to stop at the same step
+                    flag = torch.tensor([float(stop_now)], device=device)
+                    dist.all_reduce(flag)
+                    stop_now = bool(flag.item())
+                if stop_now:
+                    save()
+                    if is_main:
+                        print(f"\nstopped by signal at step {step}; saved. Continue with --resume.", file=sys.stderr)
+                    raise SystemExit(130 if stop["signal"] == signal.SIGINT else 143)
+                if time.time() - last_save > a.save_every_min * 60:
+                    save()
+                    last_save = time.time()
+            if in_epoch >= len(batches):
+                epoch, in_epoch = epoch + 1, 0
+                if is_main and val_set is not None:
+                    v = validate(model, val_set, cfg.missing, device, a.batch_size, a.seed)
+                    metrics_f.write(json.dumps({"step": step, "epoch": epoch, "val": v}) + "\n")
+                    metrics_f.flush()
+                    print(f"\nepoch {epoch} val: loss {v.get('total', float('nan')):.4f} mAP@10 {v.get('mAP@10', float('nan'))}",
+                          file=sys.stderr)
+                save()
+                last_save = time.time()
+        bar.close()
+        print(f"rank {rank}/{world}: finished {step} steps", file=sys.stderr)
+        final = run / "final"
+        if is_main:
+            save()
+            tmp = run / f".tmp-final-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_checkpoint(model, tmp, extra={"train": meta_now()})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            print(f"done: {step} steps in {elapsed0 + time.time() - started:.0f} s; model in {final}", file=sys.stderr)
+        return final
+    finally:
+        bar.close()
+        if metrics_f:
+            metrics_f.close()
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m core.train", description="Train SCALE (one process or torchrun DDP).")
+    ap.add_argument("--manifest", required=True)
+    ap.add_argument("--out", required=True, help="run folder")
+    ap.add_argument("--config", default="small", help="small | base | a config .json")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32, help="per process")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", default=None, help="feature cache folder (default: cache/<manifest>)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--save-every-min", type=float, default=10.0)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--split", default="train", help="train split name, or 'all'")
+    ap.add_argument("--val-split", default="val", help="validated every epoch; 'none' to skip")
+    ap.add_argument("--modalities", default=",".join(MODALITIES), help="ablation: train on these only")
+    ap.add_argument("--complete-only", action="store_true", help="ablation: only products with all five modalities")
+    ap.add_argument("--mask-prob", type=float, default=0.15)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="model config override key=value")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    set_offline()
+    args = build_parser().parse_args(argv)
+    kw = vars(args)
+    if kw["val_split"] in ("none", ""):
+        kw["val_split"] = None
+    kw["sets"] = tuple(kw["sets"])
+    try:
+        train(TrainArgs(**kw))
+    except TrainingStopped as e:
+        print(f"\nerror: training stopped: {e}", file=sys.stderr)
+        return 3
+    except ScaleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Trainer: a tiny run, torchrun DDP with 2 CPU processes, SIGKILL + --resume, SIGTERM, NaN stop."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"hidden": 64, "heads": 4, "jct_layers": 1, "init_text_from_pretrained": False, "dropout": 0.0,
+        "layers": {"text": 1, "table": 1, "image": 1, "video": 1, "audio": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, synth_catalog):
+    from core.features import build_cache
+
+    root = tmp_path_factory.mktemp("train")
+    cfg = root / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    cache = root / "cache"
+    build_cache(synth_catalog, cache, device="cpu", progress=False)
+    return synth_catalog, cfg, cache
+
+
+def run_cli(args, env_extra=None, **kw):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "core.train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def base_args(tiny_setup, out, *extra):
+    manifest, cfg, cache = tiny_setup
+    return ["--manifest", str(manifest), "--out", str(out), "--config", str(cfg), "--cache", str(cache),
+            "--batch-size", "2", "--split", "all", "--val-split", "val", "--device", "cpu", *extra]
+
+
+def steps_of(run: Path) -> list[dict]:
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+
+
+def test_tiny_run_writes_metrics_and_loads(tiny_setup, tmp_path):
+    r = run_cli(base_args(tiny_setup, tmp_path / "run", "--epochs", "2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = steps_of(tmp_path / "run")
+    assert [x["step"] for x in recs] == list(range(1, 7))  # 6 products / batch 2 x 2 epochs
+    assert {"mlm", "mem", "mrp", "mfp", "mam", "contrastive", "total"} <= set(recs[0]["loss"])
+    assert len(recs[0]["S_prime"]) == 5 and recs[0]["lr"] > 0
+    vals = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"val"' in l]
+    assert len(vals) == 2 and "total" in vals[0]["val"]
+    model = load_checkpoint(tmp_path / "run" / "final", "cpu")
+    assert model.cfg.hidden == 64
+
+
+def test_torchrun_two_cpu_ranks(tiny_setup, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "core.train", *base_args(tiny_setup, out, "--epochs", "1")]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rank 0/2: finished 2 steps" in r.stderr and "rank 1/2: finished 2 steps" in r.stderr
+    recs = steps_of(out)
+    assert len(recs) == 2 and all(x["products"] == 4 for x in recs)  # global batch = 2 ranks x 2
+    assert load_checkpoint(out / "final", "cpu").cfg.hidden == 64
+
+
+def _start(args):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "core.train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_steps(run: Path, n: int, proc, timeout=120):
+    t = time.time()
+    while time.time() - t < timeout:
+        if (run / "metrics.jsonl").is_file() and len(steps_of(run)) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read()[-2000:])
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the step in time")
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tiny_setup, tmp_path):
+    args = ["--epochs", "3", "--save-every-min", "0"]  # checkpoint after every step
+    ref = run_cli(base_args(tiny_setup, tmp_path / "ref", *args))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    run = tmp_path / "killed"
+    p = _start(base_args(tiny_setup, run, *args))
+    _wait_steps(run, 4, p)  # mid-epoch 2
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    r = run_cli(base_args(tiny_setup, run, *args, "--resume"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from" in r.stderr
+    got, want = steps_of(run), steps_of(tmp_path / "ref")
+    assert [x["step"] for x in got] == list(range(1, 10))  # no step lost, none repeated
+    for g, w in zip(got, want):
+        assert g["loss"]["total"] == pytest.approx(w["loss"]["total"], rel=1e-3, abs=1e-4), g["step"]
+    a = load_checkpoint(run / "final", "cpu").state_dict()
+    b = load_checkpoint(tmp_path / "ref" / "final", "cpu").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+def test_sigterm_saves_before_exit(tiny_setup, tmp_path):
+    run = tmp_path / "term"
+    p = _start(base_args(tiny_setup, run, "--epochs", "50", "--save-every-min", "100"))
+    _wait_steps(run, 2, p)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 143
+    latest = (run / "LATEST").read_text()
+    assert int(latest.split("-")[1]) == len(steps_of(run))
+
+
+def test_nan_loss_stops_and_keeps_last_good(tiny_setup, tmp_path, monkeypatch):
+    from core import train as T
+    from core.model import SCALE
+
+    real = SCALE.forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch, *a, **k):
+        out = real(self, batch, *a, **k)
+        calls["n"] += 1
+        if self.training and calls["n"] > 4:
+            out.losses["total"] = out.losses["total"] * float("nan")
+        return out
+    monkeypatch.setattr(SCALE, "forward", poisoned)
+    manifest, cfg, cache = tiny_setup
+    args = T.TrainArgs(manifest=str(manifest), out=str(tmp_path / "nan"), config=str(cfg), cache=str(cache),
+                       batch_size=2, split="all", val_split=None, device="cpu", epochs=5)
+    with pytest.raises(T.TrainingStopped, match="loss became nan"):
+        T.train(args)
+    good = T.latest_checkpoint(tmp_path / "nan")
+    assert good is not None and good.name == "step-0000003"  # the epoch-end save after 3 good steps
+    assert load_checkpoint(good, "cpu").cfg.hidden == 64

@@ -132,6 +132,21 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[in
     return perm[rank:total:world]
 
 
+def epoch_batches(order: list[int], lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  group: int = 8) -> list[list[int]]:
+    """Batches of similar token length: within windows of `group` batches the products are sorted by
+    length, then the batches are shuffled. Most shop3k titles are ~12 tokens but a few descriptions
+    fill 64, so random batches pad nearly everything to 64; grouping cuts the text work ~3x.
+    A pure function of (order, seed, epoch), so a resumed run rebuilds the same batches."""
+    window = batch_size * group
+    batches = []
+    for s in range(0, len(order), window):
+        chunk = sorted(order[s: s + window], key=lambda i: (lengths[i], i))
+        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    perm = np.random.default_rng([seed, epoch, 1]).permutation(len(batches))
+    return [batches[i] for i in perm]
+
+
 # ---------------------------------------------------------------- trainer state on disk (no pickle)
 def _save_state(path: Path, optimizer, scheduler, meta: dict) -> None:
     from safetensors.torch import save_file
@@ -286,6 +301,8 @@ def train(a: TrainArgs) -> Path:
     if not train_ids:
         raise ScaleError(f"{a.manifest}: no cached products in split {a.split!r}. Fix: check the split names.")
     train_set = FeatureDataset(cache, train_ids, drop=drop)
+    # batching key: text length, and audio apart (its ~94 patches would pad the whole batch)
+    lengths = np.array([len(cache[i].get("text.ids", ())) + 100 * ("audio.patches" in cache[i]) for i in train_ids])
     val_ids = select_ids(cache, a.manifest, a.val_split) if a.val_split else []
     val_set = FeatureDataset(cache, val_ids, drop=drop) if val_ids else None
 
@@ -333,7 +350,7 @@ def train(a: TrainArgs) -> Path:
     try:
         while step < total and epoch < a.epochs:
             order = epoch_order(len(train_set), a.seed, epoch, rank, world)
-            batches = [order[i: i + a.batch_size] for i in range(0, len(order), a.batch_size)]
+            batches = epoch_batches(order, lengths, a.batch_size, a.seed, epoch)
             while in_epoch < len(batches) and step < total:
                 idx = batches[in_epoch]
                 col = Collator(missing=cfg.missing, mask_prob=a.mask_prob, seed=(a.seed, epoch, in_epoch, rank))

@@ -1,0 +1,147 @@
+"""Benchmarks, one argparse subcommand each. Prints JSON.
+
+    python -m core.bench model [--device cpu|cuda|auto] [--batch 32] [--configs small,base] [--iters 5] [--threads N]
+
+`model`: forward (eval mode, with losses) and forward+backward (train mode) milliseconds per product on a shop3k-shaped batch with all five
+modalities (text 24 tokens, table 40, image 50, video 8 frames, audio 94 patches), FLOPs per product
+(torch.utils.flop_counter), the same run's plain float32 matmul FLOP/s, and MFU = achieved / matmul.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+
+def shop_batch(batch: int, cfg, seed: int = 0) -> dict:
+    """A random batch shaped like shop3k products, built by the real collate (15% masking)."""
+    from .dataset import Collator
+
+    rng = np.random.default_rng(seed)
+    dims = cfg.feature_dims
+    items = []
+    for i in range(batch):
+        spans = np.array([[1 + 4 * k, 3 + 4 * k, 4 + 4 * k, 5 + 4 * k] for k in range(9)], dtype=np.int32)
+        items.append({
+            "id": str(i),
+            "text.ids": np.r_[101, rng.integers(999, cfg.vocab_size, 22), 102].astype(np.int32),
+            "table.ids": np.r_[101, rng.integers(999, cfg.vocab_size, 38), 102].astype(np.int32),
+            "table.spans": spans,
+            "image.tokens": rng.standard_normal((50, dims["image"])).astype(np.float16),
+            "image.boxes": rng.random((50, 5)).astype(np.float32),
+            "video.frames": rng.standard_normal((8, dims["video"])).astype(np.float16),
+            "audio.patches": rng.standard_normal((94, dims["audio"])).astype(np.float16),
+        })
+    return Collator(missing=cfg.missing, seed=seed, vocab_size=cfg.vocab_size, dims=dict(dims))(items)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: torch.device, iters: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of `iters` calls (after `warmup` calls)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def matmul_flops(device: torch.device, n: int = 2048) -> float:
+    """FLOP/s of a plain float32 n x n matmul on this device, now."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    iters = 50 if device.type == "cuda" else 5
+    return 2 * n ** 3 / min(_time(lambda: a @ b, device, iters))
+
+
+def count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def bench_model(name: str, device: torch.device, batch: int, iters: int) -> dict:
+    from .config import get_config
+    from .dataset import batch_to
+    from .model import SCALE
+
+    cfg = get_config(name)
+    model = SCALE(cfg).to(device).train()
+    data = batch_to(shop_batch(batch, cfg), device)
+
+    def fwd():  # inference: eval mode (no dropout), losses without predictions
+        model.eval()
+        with torch.no_grad():
+            model(data, predict=False)
+
+    def fwd_bwd():  # one training step without the optimizer
+        model.train()
+        model.zero_grad(set_to_none=True)
+        model(data).losses["total"].backward()
+
+    peak = matmul_flops(device)
+    flops_f = count_flops(fwd)  # the counted run doubles as the warm-up
+    t_f = _time(fwd, device, iters, warmup=0)
+    flops_fb = count_flops(fwd_bwd)
+    t_fb = _time(fwd_bwd, device, iters, warmup=0)
+    peak = max(peak, matmul_flops(device))  # the better of before / after: a conservative MFU
+    # median over the timed iterations; min too, since a shared CPU makes single runs noisy
+    f, fb = float(np.median(t_f)), float(np.median(t_fb))
+    return {
+        "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "layers": {**cfg.layers, "jct": cfg.jct_layers}, "hidden": cfg.hidden, "iters": iters,
+        "fwd_ms_per_product": round(1e3 * f / batch, 2),
+        "fwd_bwd_ms_per_product": round(1e3 * fb / batch, 2),
+        "fwd_ms_per_product_min": round(1e3 * min(t_f) / batch, 2),
+        "fwd_bwd_ms_per_product_min": round(1e3 * min(t_fb) / batch, 2),
+        "fwd_gflop_per_product": round(flops_f / batch / 1e9, 3),
+        "fwd_bwd_gflop_per_product": round(flops_fb / batch / 1e9, 3),
+        "matmul_gflops": round(peak / 1e9, 1),
+        "mfu_fwd": round(flops_f / f / peak, 3),
+        "mfu_fwd_bwd": round(flops_fb / fb / peak, 3),
+        "mfu_fwd_bwd_best": round(flops_fb / min(t_fb) / peak, 3),
+    }
+
+
+def cmd_model(args: argparse.Namespace) -> dict:
+    from .backbones import resolve_device, set_offline
+
+    set_offline()
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    out = {"device": str(device), "threads": torch.get_num_threads(), "batch": args.batch}
+    for name in args.configs.split(","):
+        out[name] = bench_model(name, device, args.batch, args.iters if name == "small" or device.type == "cuda" else 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("model", help="SCALE forward / backward speed, FLOPs and MFU")
+    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--configs", default="small,base", help="comma-separated config names")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations for small (base on CPU: 1)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.set_defaults(func=cmd_model)
+    args = parser.parse_args(argv)
+    print(json.dumps(args.func(args), indent=2))
+
+
+if __name__ == "__main__":
+    main()

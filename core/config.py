@@ -1,0 +1,87 @@
+"""SCALE model configuration (SCALE.md sections 2-6): one dataclass, named presets, json round trip.
+
+Per-modality sizes live in small tables keyed by modality (`layers`, `feature_dims`), so a sixth
+modality is one more entry, not one more field.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from .backbones import DEFAULT_TEXT
+
+MISSING_MODES = ("mask", "zero")
+HARMONIZE_MODES = ("loss", "logits", "none")
+
+
+@dataclass
+class ModelConfig:
+    hidden: int = 384
+    heads: int = 12
+    # transformer layers of each modality encoder (text and table as BERT; the others random init)
+    layers: dict = field(default_factory=lambda: {"text": 6, "table": 1, "image": 1, "video": 1, "audio": 1})
+    jct_layers: int = 1
+    jct_heads: int = 0  # 0: same as `heads`
+    ffn_mult: int = 4
+    dropout: float = 0.1  # hidden dropout (BERT)
+    attn_dropout: float = 0.0  # > 0 forces SDPA's slow math path on CPU
+    layer_norm_eps: float = 1e-12
+    feature_dims: dict = field(default_factory=lambda: {"image": 1280, "video": 1280, "audio": 640})
+    box_dim: int = 5
+    vocab_size: int = 30522
+    max_positions: int = 512  # text / table token positions
+    max_items: int = 256  # video frames / audio patches (+1 for the prepended CLS)
+    text_backbone: str = DEFAULT_TEXT
+    init_text_from_pretrained: bool = True  # copy MiniLM embeddings + first k layers into text (and table)
+    share_text_table: bool = False  # authors' code shares them; paper Table 8 prefers separate encoders
+    missing: str = "mask"  # "mask" (ours) | "zero" (authors' zero imputation)
+    harmonize: str = "loss"  # "loss" (paper) | "logits" (authors' code) | "none" (uniform ablation)
+    detach_harmony: bool = True
+    temperature: float = 0.07
+    learn_temperature: bool = False
+    loss_weights: dict = field(default_factory=lambda: {
+        "mlm": 1.0, "mem": 1.0, "mrp": 1.0, "mfp": 1.0, "mam": 1.0, "contrastive": 1.0})
+    topk: int = 5  # predictions shown for MLM / MEM
+
+    def __post_init__(self) -> None:
+        if self.missing not in MISSING_MODES:
+            raise ValueError(f"missing must be one of {MISSING_MODES}, got {self.missing!r}")
+        if self.harmonize not in HARMONIZE_MODES:
+            raise ValueError(f"harmonize must be one of {HARMONIZE_MODES}, got {self.harmonize!r}")
+        if self.hidden % self.heads or self.hidden % (self.jct_heads or self.heads):
+            raise ValueError(f"hidden {self.hidden} must be divisible by the number of heads")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# `small` (the defaults): hidden 384 / 12 heads so text (and table) start from MiniLM-L6. Text keeps
+# all 6 MiniLM layers: on shop3k val, MiniLM's first token gives category mAP@10 52.0 after 2 layers and
+# 66.2 after 6, and titles are short, so the 4 extra layers are cheap once batches group by length
+# (core.train). Table 1, image / video / audio 1, JCT 1 layer (sized with `python -m core.bench model`).
+# `base`: the authors' sizes (hidden 768, 6-layer encoders, 6-layer JCT with 8 heads). Its width
+# differs from MiniLM's, so it starts from random weights (no projection of pretrained weights).
+PRESETS: dict[str, dict] = {
+    "small": {},
+    "base": {"hidden": 768, "heads": 12, "jct_heads": 8, "jct_layers": 6, "init_text_from_pretrained": False,
+             "layers": {"text": 6, "table": 6, "image": 6, "video": 6, "audio": 6}},
+}
+
+
+def get_config(name_or_path: str = "small", **overrides) -> ModelConfig:
+    """A preset name (`small`, `base`) or a json file (a config dict, or a checkpoint's config.json)."""
+    if name_or_path in PRESETS:
+        cfg = ModelConfig(**PRESETS[name_or_path])
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ValueError(f"unknown model config {name_or_path!r}: use one of {sorted(PRESETS)} or a json file")
+        d = json.loads(path.read_text())
+        cfg = ModelConfig.from_dict(d.get("model", d))
+    return replace(cfg, **overrides)  # replace() re-runs the checks

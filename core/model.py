@@ -1,0 +1,176 @@
+"""SCALE: Self-harmonized Contrastive Learning for e-commerce multi-modal pretraining.
+
+References: Dong et al., "M5Product: Self-harmonized Contrastive Learning for E-commercial
+Multi-modal Pretraining" (CVPR 2022, arXiv 2109.04275) and the authors' SCALE code; our choices
+are written down in docs/SCALE.md. Data flow of one forward:
+
+    batch[m] -> encoders[m] (embed, blocks)  -> pooled[m] (pre-fusion, used by S and contrastive)
+             -> jct (all tokens, one mask)   -> cls[m] (first token after fusion) -> fused
+             -> heads (MLM, MEM, MRP, MFP, MAM on the JCT states) + contrastive (10 pairs),
+                each weighted per sample by S' (harmonize.py)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .contrastive import contrastive_loss
+from .encoders import build_encoders, load_bert_into, pretrained_text_state
+from .harmonize import harmony
+from .heads import FeatureHead, TokenHead, feature_task, token_task
+from .jct import JointCoTransformer
+from .modalities import FEATURE_MODALITIES, MODALITIES, PRETEXT, TOKEN_MODALITIES
+
+
+@dataclass
+class ScaleOutput:
+    pooled: dict  # m -> (B, H) pooler output before fusion (zeros where absent under missing="mask")
+    cls: dict  # m -> (B, H) the modality's first token after the JCT (zeros likewise)
+    fused: torch.Tensor  # (B, H) sum over present modalities of L2-normalized cls[m]
+    present: torch.Tensor  # (B, 5) bool, modality order of MODALITIES
+    S: torch.Tensor  # (B, 5, 5) cosine of pooled features, NaN where a modality is absent (missing="mask")
+    S_prime: torch.Tensor  # (B, 5, 5) harmonized weights, NaN likewise
+    losses: dict = field(default_factory=dict)  # mlm mem mrp mfp mam contrastive cl_<mi>_<mj> total
+    # only when forward(predict=True) (default in eval mode):
+    # mlm/mem: index (N, 2) (b, l) masked positions, topk_ids / topk_probs (N, k), labels (N,)
+    # mrp/mfp/mam: recon (B, L, D), error (B, L) per-item MSE, masked (B, L)
+    predictions: dict = field(default_factory=dict)
+    attention: list | None = None  # per JCT layer (B, heads, T, T), when asked for
+    token_type: torch.Tensor | None = None  # (T,) modality index of each JCT token
+    token_mask: torch.Tensor | None = None  # (B, T) JCT key mask
+
+
+class SCALE(nn.Module):
+    def __init__(self, cfg: ModelConfig, pretrained: bool = True) -> None:
+        """`pretrained`: load the text backbone's weights when cfg.init_text_from_pretrained
+        (load_checkpoint passes False: the checkpoint overwrites them anyway)."""
+        super().__init__()
+        self.cfg = cfg
+        self.encoders = build_encoders(cfg)
+        self.jct = JointCoTransformer(cfg)
+        self.heads = nn.ModuleDict({PRETEXT[m]: TokenHead(cfg.hidden, cfg.vocab_size, cfg.layer_norm_eps)
+                                    for m in TOKEN_MODALITIES})
+        for m in FEATURE_MODALITIES:
+            self.heads[PRETEXT[m]] = FeatureHead(cfg.hidden, cfg.feature_dims[m], cfg.layer_norm_eps)
+        log_scale = torch.tensor(math.log(1.0 / cfg.temperature))
+        if cfg.learn_temperature:
+            self.logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("logit_scale", log_scale, persistent=False)
+        self.apply(self._init_weights)
+        if pretrained and cfg.init_text_from_pretrained:
+            sd, conf = pretrained_text_state(cfg.text_backbone)
+            for m in TOKEN_MODALITIES:  # with share_text_table the second copy is a no-op on the same tensors
+                load_bert_into(self.encoders[m], sd, conf, cfg.text_backbone)
+
+    @staticmethod
+    def _init_weights(mod: nn.Module) -> None:  # BERT's initialization
+        if isinstance(mod, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(mod.weight, std=0.02)
+            if getattr(mod, "bias", None) is not None:
+                nn.init.zeros_(mod.bias)
+        elif isinstance(mod, nn.LayerNorm):
+            nn.init.ones_(mod.weight)
+            nn.init.zeros_(mod.bias)
+        elif hasattr(mod, "cls") and isinstance(mod.cls, nn.Parameter):
+            nn.init.normal_(mod.cls, std=0.02)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, batch: dict, return_attention: bool = False, compute_losses: bool = True,
+                predict: bool | None = None) -> ScaleOutput:
+        """predict: also fill `predictions` (MLM/MEM top-k, MRP/MFP/MAM full reconstructions); default: in
+        eval mode only, since training runs the feature heads on the masked items alone."""
+        cfg = self.cfg
+        predict = not self.training if predict is None else predict
+        present = torch.stack([batch[m]["present"] for m in MODALITIES], dim=1)  # (B, 5)
+        states, masks, pooled = {}, {}, {}
+        for i, m in enumerate(MODALITIES):
+            p = present[:, i, None]
+            # missing="mask": absent tokens are never attended; "zero": absent zero tokens are attended
+            mask = batch[m]["mask"] & p if cfg.missing == "mask" else batch[m]["mask"] | ~p
+            states[m], masks[m] = self.encoders[m](batch[m], mask)  # (B, L_m, H), (B, L_m)
+            pooled[m] = self.encoders[m].pool(states[m])  # (B, H)
+        outs, token_mask, token_type, attention = self.jct(states, masks, return_attention)
+        cls = {m: outs[m][:, 0] for m in MODALITIES}
+        # Fused product embedding: the authors retrieve with the sum of modality features; we sum the
+        # L2-normalized post-fusion first tokens of the present modalities so no modality dominates by norm.
+        fused = sum(F.normalize(cls[m], dim=-1) * present[:, i, None] for i, m in enumerate(MODALITIES))
+
+        in_S = present if cfg.missing == "mask" else torch.ones_like(present)  # "zero": S over all 5
+        S, S_prime, W = harmony(torch.stack([pooled[m] for m in MODALITIES], dim=1), in_S,
+                                cfg.harmonize, cfg.detach_harmony)
+        result = ScaleOutput(pooled=pooled, cls=cls, fused=fused, present=present, S=S, S_prime=S_prime,
+                             attention=attention, token_type=token_type if return_attention else None,
+                             token_mask=token_mask if return_attention else None)
+        if compute_losses:
+            self._losses(batch, outs, pooled, in_S, W, result, predict)
+        if cfg.missing == "mask":  # outputs of absent modalities are undefined: show zeros
+            result.pooled = {m: torch.where(present[:, i, None], x, 0.0) for i, (m, x) in enumerate(pooled.items())}
+            result.cls = {m: torch.where(present[:, i, None], x, 0.0) for i, (m, x) in enumerate(cls.items())}
+        return result
+
+    def _losses(self, batch, outs, pooled, in_S, W, result: ScaleOutput, predict: bool) -> None:
+        cfg = self.cfg
+        mode = cfg.harmonize
+        weight = W if mode == "loss" else None
+        scale = W if mode == "logits" else None
+        losses, preds = {}, {}
+        for i, m in enumerate(MODALITIES):
+            task = PRETEXT[m]
+            enc = self.encoders[m]
+            h = outs[m][:, enc.offset:]  # (B, L_m, H): the modality's own items
+            w = None if weight is None else weight[:, i, i]
+            s = None if scale is None else scale[:, i, i]
+            if m in TOKEN_MODALITIES:
+                losses[task], pred = token_task(self.heads[task], h, batch[m]["labels"], enc.embed.word.weight,
+                                                w, s, cfg.topk if predict else 0)
+            else:
+                losses[task], pred = feature_task(self.heads[task], h, batch[m]["target"], batch[m]["masked"], w, s, predict)
+            if pred:
+                preds[task] = pred
+        temperature = 1.0 / self.logit_scale.exp().clamp(max=100.0)
+        losses["contrastive"], per_pair = contrastive_loss(pooled, in_S, cfg.missing == "mask", temperature, weight, scale)
+        losses.update(per_pair)
+        losses["total"] = sum(cfg.loss_weights.get(k, 1.0) * losses[k] for k in (*PRETEXT.values(), "contrastive"))
+        result.losses, result.predictions = losses, preds
+
+    @torch.no_grad()
+    def embed(self, batch: dict) -> ScaleOutput:
+        """pooled / cls / fused / S without losses (use a collate with mask_prob=0)."""
+        return self.forward(batch, compute_losses=False)
+
+    # ---------------------------------------------------------------- optimizer
+    def pretrained_names(self) -> set[str]:
+        """Parameters that start from the text backbone (they get lr x pretrained_lr_mult)."""
+        if not self.cfg.init_text_from_pretrained:
+            return set()
+        prefixes = tuple(f"encoders.{m}.{s}." for m in TOKEN_MODALITIES for s in ("embed", "blocks"))
+        return {n for n, _ in self.named_parameters() if n.startswith(prefixes)}
+
+    def param_groups(self, lr: float, weight_decay: float, pretrained_lr_mult: float = 0.1) -> list[dict]:
+        """AdamW groups: no decay on biases, LayerNorm, embeddings, CLS tokens and the temperature;
+        pretrained text weights at lr * pretrained_lr_mult."""
+        no_decay = {id(p) for mod in self.modules() if isinstance(mod, (nn.Embedding, nn.LayerNorm))
+                    for p in mod.parameters(recurse=False)}
+        pretrained = self.pretrained_names()
+        groups: dict[tuple[bool, bool], dict] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            decay = p.ndim >= 2 and id(p) not in no_decay and not name.endswith(".cls")
+            pre = name in pretrained
+            g = groups.setdefault((decay, pre), {
+                "name": f"{'decay' if decay else 'no_decay'}{'_pretrained' if pre else ''}", "params": [],
+                "lr": lr * (pretrained_lr_mult if pre else 1.0), "weight_decay": weight_decay if decay else 0.0})
+            g["params"].append(p)
+        return list(groups.values())
+
+    def configure_optimizers(self, lr: float, weight_decay: float, pretrained_lr_mult: float = 0.1,
+                             betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+        """AdamW over `param_groups` (each group keeps its own lr, so LambdaLR schedules scale both)."""
+        return torch.optim.AdamW(self.param_groups(lr, weight_decay, pretrained_lr_mult), lr=lr, betas=betas)

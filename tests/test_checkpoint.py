@@ -1,0 +1,69 @@
+"""Checkpoints: save -> load round trip (float32 / float16, shared text-table), and clear errors."""
+import json
+
+import pytest
+import torch
+
+from core.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
+from core.errors import CheckpointError
+from core.model import SCALE
+from scale_testkit import collate, one_thread, products, tiny  # noqa: F401  (one_thread: autouse)
+
+
+def outputs(model, batch):
+    model.eval()
+    with torch.no_grad():
+        out = model(batch)
+    return out.fused, out.losses["total"], out.predictions["mrp"]["recon"]
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_round_trip_identical_outputs(tmp_path, share):
+    cfg = tiny(share_text_table=share, learn_temperature=True)
+    torch.manual_seed(0)
+    model = SCALE(cfg)
+    batch = collate(products(3, cfg), cfg, mask_prob=0.3)
+    save_checkpoint(model, tmp_path / "ck", extra={"epoch": 2, "backbones": {"image": "efficientnet-lite0"}})
+    loaded = load_checkpoint(tmp_path / "ck")
+    for a, b in zip(outputs(model, batch), outputs(loaded, batch)):
+        assert torch.equal(a, b)
+    meta = read_checkpoint_config(tmp_path / "ck")
+    assert meta["extra"]["epoch"] == 2 and meta["backbones"] == {"text": cfg.text_backbone, "image": "efficientnet-lite0"}
+    assert loaded.checkpoint_info["model"]["share_text_table"] is share
+    if share:
+        assert loaded.encoders["table"].blocks is loaded.encoders["text"].blocks
+
+
+def test_float16_save_loads_as_float32(tmp_path):
+    cfg = tiny()
+    model = SCALE(cfg)
+    batch = collate(products(2, cfg), cfg, mask_prob=0.3)
+    save_checkpoint(model, tmp_path, dtype=torch.float16)
+    loaded = load_checkpoint(tmp_path)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    assert torch.allclose(outputs(model, batch)[0], outputs(loaded, batch)[0], atol=2e-2)
+
+
+def test_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_checkpoint(tmp_path / "nothing")
+    cfg = tiny()
+    save_checkpoint(SCALE(cfg), tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="model.safetensors.*Fix"):
+        load_checkpoint(tmp_path)
+    weights.write_bytes(b"\x00" * 64)  # garbage header
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path)
+    weights.write_bytes(data)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["model"]["hidden"] = 32  # shapes no longer match
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(tmp_path)
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(tmp_path)
+    assert not list(tmp_path.glob("*.tmp"))

@@ -1,0 +1,165 @@
+"""SCALE forward: shapes, missing-modality modes, masked losses, attention maps, training, MiniLM init."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.modalities import MODALITIES
+from core.model import SCALE
+from scale_testkit import one_thread, collate, product, products, tiny  # noqa: F401  (one_thread: autouse)
+
+NO_VIDEO = ("text", "table", "image", "audio")
+
+
+def model_for(cfg, seed=0):
+    torch.manual_seed(seed)
+    return SCALE(cfg).eval()
+
+
+def test_outputs_shapes_nan_pattern_and_fused():
+    cfg = tiny()
+    rng = np.random.default_rng(0)
+    items = [product(rng, cfg, "a"), product(rng, cfg, "b", mods=("text", "image")), product(rng, cfg, "c", mods=NO_VIDEO)]
+    batch = collate(items, cfg, mask_prob=0.3)
+    out = model_for(cfg)(batch, return_attention=True)
+    assert out.present.tolist() == [[True] * 5, [True, False, True, False, False], [True, True, True, False, True]]
+    pair = out.present[:, :, None] & out.present[:, None, :]
+    assert torch.equal(torch.isnan(out.S), ~pair) and torch.equal(torch.isnan(out.S_prime), ~pair)
+    for m in MODALITIES:
+        assert out.pooled[m].shape == (3, 64) and out.cls[m].shape == (3, 64)
+    assert torch.all(out.pooled["video"][1:] == 0)  # absent under missing="mask"
+    fused = sum(F.normalize(out.cls[m], dim=-1) * out.present[:, i, None] for i, m in enumerate(MODALITIES))
+    assert torch.allclose(out.fused, fused, atol=1e-6)
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    assert {"mlm", "mem", "mrp", "mfp", "mam", "contrastive", "cl_text_image", "total"} <= set(out.losses)
+    T = out.token_type.shape[0]
+    assert T == sum(batch[m]["mask"].shape[1] for m in MODALITIES) + 2  # + video / audio CLS
+    assert out.attention[0].shape == (3, 4, T, T) and out.token_mask.shape == (3, T)
+    for i in range(5):  # missing="mask": no token of an absent modality (CLS included) is attended
+        assert torch.equal(out.token_mask[:, out.token_type == i].any(1), out.present[:, i])
+    # attention rows sum to 1 and never look at masked keys
+    att = out.attention[0]
+    assert torch.allclose(att.sum(-1), torch.ones(3, 4, T), atol=1e-5)
+    assert torch.all(att.masked_select(~out.token_mask[:, None, None, :].expand_as(att)) == 0)
+    p = out.predictions
+    assert p["mlm"]["topk_ids"].shape[1] == 5 and torch.all(p["mlm"]["topk_probs"][:, :-1] >= p["mlm"]["topk_probs"][:, 1:])
+    assert p["mrp"]["recon"].shape == batch["image"]["target"].shape and p["mrp"]["error"].shape == (3, 10)
+
+
+def test_explicit_attention_path_matches_sdpa():
+    cfg = tiny(jct_layers=2)
+    batch = collate(products(3, cfg, mods=NO_VIDEO) + products(1, cfg, seed=5), cfg, mask_prob=0.0)
+    model = model_for(cfg)
+    a, b = model(batch), model(batch, return_attention=True)
+    assert torch.allclose(a.fused, b.fused, atol=1e-5) and torch.allclose(a.losses["total"], b.losses["total"], atol=1e-5)
+
+
+def test_masked_losses_zero_without_masking_and_follow_targets():
+    cfg = tiny()
+    model = model_for(cfg)
+    items = products(3, cfg)
+    out = model(collate(items, cfg, mask_prob=0.0))
+    for task in ("mlm", "mem", "mrp", "mfp", "mam"):
+        assert out.losses[task].item() == 0.0, task
+    batch = collate(items, cfg, mask_prob=0.5, seed=3)
+    base = model(batch).losses
+    assert all(base[t].item() > 0 for t in ("mlm", "mem", "mrp", "mfp", "mam"))
+    for m, task in (("image", "mrp"), ("video", "mfp"), ("audio", "mam")):
+        masked = batch[m]["masked"]
+        b2 = {k: dict(v) if isinstance(v, dict) else v for k, v in batch.items()}
+        t = batch[m]["target"].clone()
+        t[masked] += 1.0
+        b2[m]["target"] = t
+        assert model(b2).losses[task].item() != pytest.approx(base[task].item()), task
+        t = batch[m]["target"].clone()
+        t[~masked] += 1.0  # unmasked targets carry no loss
+        b2[m]["target"] = t
+        assert model(b2).losses[task].item() == pytest.approx(base[task].item(), abs=1e-6), task
+    for m, task in (("text", "mlm"), ("table", "mem")):
+        labels = batch[m]["labels"].clone()
+        i = (labels != -100).nonzero()[0]
+        labels[i[0], i[1]] = (labels[i[0], i[1]] + 7) % cfg.vocab_size
+        b2 = {k: dict(v) if isinstance(v, dict) else v for k, v in batch.items()}
+        b2[m]["labels"] = labels
+        assert model(b2).losses[task].item() != pytest.approx(base[task].item()), task
+
+
+def test_missing_mask_ignores_absent_padding():
+    cfg = tiny(jct_layers=2)
+    model = model_for(cfg)
+    rng = np.random.default_rng(1)
+    a = product(rng, cfg, "a", mods=NO_VIDEO, n_text=6)
+    b = product(rng, cfg, "b", n_video=12, n_text=15, n_audio=12)
+    alone, both = model(collate([a], cfg, 0.0)), model(collate([a, b], cfg, 0.0))
+    for m in NO_VIDEO:
+        assert torch.allclose(alone.cls[m][0], both.cls[m][0], atol=1e-5), m
+        assert torch.allclose(alone.pooled[m][0], both.pooled[m][0], atol=1e-5), m
+    assert torch.allclose(alone.fused[0], both.fused[0], atol=1e-5)
+    assert torch.allclose(alone.S[0], both.S[0], atol=1e-5, equal_nan=True)
+
+
+def test_missing_zero_attends_zero_tokens():
+    cfg = tiny(missing="zero", jct_layers=2)
+    model = model_for(cfg)
+    rng = np.random.default_rng(1)
+    a = product(rng, cfg, "a", mods=NO_VIDEO)
+    b = product(rng, cfg, "b", n_video=12)
+    alone, both = model(collate([a], cfg, 0.0)), model(collate([a, b], cfg, 0.0))
+    assert not torch.allclose(alone.cls["text"][0], both.cls["text"][0], atol=1e-4)  # 1 vs 12 zero frames
+    a_zero = dict(a, **{"video.frames": np.zeros((12, cfg.feature_dims["video"]), np.float16)})
+    hand = model(collate([a_zero, b], cfg, 0.0))  # the zero video given as a real input
+    for m in MODALITIES:
+        assert torch.allclose(hand.cls[m][0], both.cls[m][0], atol=1e-5), m
+    assert not torch.isnan(both.S).any()  # S over all five
+    assert torch.allclose(hand.S, both.S, atol=1e-5)
+
+
+def test_training_lowers_loss_and_overfits():
+    cfg = tiny(harmonize="loss")
+    torch.manual_seed(0)
+    model = SCALE(cfg).train()
+    batch = collate(products(8, cfg, seed=4), cfg, mask_prob=0.3, seed=4)
+    opt = model.configure_optimizers(lr=3e-3, weight_decay=0.0)
+    losses = []
+    for _ in range(100):
+        loss = model(batch).losses["total"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0]
+    final = model(batch).losses
+    assert final["total"].item() < 0.05 * losses[0], (losses[0], {k: round(v.item(), 4) for k, v in final.items()})
+
+
+def test_optimizer_groups():
+    model = SCALE(tiny(init_text_from_pretrained=True, vocab_size=30522, hidden=384, heads=12), pretrained=False)
+    opt = model.configure_optimizers(lr=1e-3, weight_decay=0.01, pretrained_lr_mult=0.1)
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert by_name["decay_pretrained"]["lr"] == pytest.approx(1e-4) and by_name["decay"]["lr"] == 1e-3
+    no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert id(model.encoders["text"].embed.word.weight) in no_decay
+    assert id(model.encoders["text"].blocks[0].ln1.weight) in no_decay and id(model.jct.blocks[0].qkv.bias) in no_decay
+    assert id(model.jct.blocks[0].qkv.weight) not in no_decay
+    n = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters())
+
+
+def test_minilm_init_reproduces_bert_layers():
+    transformers = pytest.importorskip("transformers")
+    from core.backbones import text_model_dir
+
+    cfg = tiny(hidden=384, heads=12, vocab_size=30522, max_positions=512, init_text_from_pretrained=True,
+               layers={"text": 2, "table": 1, "image": 1, "video": 1, "audio": 1})
+    model = SCALE(cfg).eval()
+    bert = transformers.AutoModel.from_pretrained(text_model_dir(), local_files_only=True).eval()
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102, 0, 0], [101, 7592, 2088, 102, 0, 0, 0, 0]])
+    mask = ids != 0
+    with torch.no_grad():
+        ref = bert(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states[2]
+        ours, _ = model.encoders["text"]({"ids": ids}, mask)
+    assert torch.allclose(ours[mask], ref[mask], atol=1e-4)
+    assert torch.equal(model.encoders["table"].embed.word.weight, bert.embeddings.word_embeddings.weight)
+    # the table encoder is its own copy (share_text_table=False) ...
+    assert model.encoders["table"].embed is not model.encoders["text"].embed
+    assert len(model.pretrained_names()) > 0

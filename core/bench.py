@@ -1,6 +1,9 @@
 """Benchmarks, one argparse subcommand each. Prints JSON.
 
     python -m core.bench model [--device cpu|cuda|auto] [--batch 32] [--configs small,base] [--iters 5] [--threads N]
+    python -m core.bench train [--cache DIR]          training products/s of `small`
+    python -m core.bench embed --cache DIR --manifest M   catalog embedding products/s (cached, raw files)
+    python -m core.bench app                          app timings (core.explorer.bench_app)
 
 `model`: forward (eval mode, with losses) and forward+backward (train mode) milliseconds per product on a shop3k-shaped batch with all five
 modalities (text 24 tokens, table 40, image 50, video 8 frames, audio 94 patches), FLOPs per product
@@ -129,6 +132,84 @@ def cmd_model(args: argparse.Namespace) -> dict:
     return out
 
 
+def cmd_train(args: argparse.Namespace) -> dict:
+    """Training throughput (products/s) of `small`: real optimizer steps on shop3k-shaped batches,
+    or on the feature cache's products when --cache is given."""
+    from .backbones import resolve_device, set_offline
+    from .config import get_config
+    from .dataset import Collator, FeatureDataset, batch_to
+    from .model import SCALE
+
+    set_offline()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    cfg = get_config("small")
+    model = SCALE(cfg).to(device).train()
+    opt = model.configure_optimizers(3e-4, 0.01)
+    if args.cache:
+        from .features import FeatureCache
+
+        cache = FeatureCache(args.cache)
+        ds = FeatureDataset(cache, cache.keys()[: args.batch * (args.iters + 1)])
+        batches = [Collator(seed=i)([ds[j] for j in range(i * args.batch, (i + 1) * args.batch)]) for i in range(args.iters + 1)]
+    else:
+        batches = [shop_batch(args.batch, cfg, seed=i) for i in range(args.iters + 1)]
+    times = []
+    for i, b in enumerate(batches):
+        b = batch_to(b, device)
+        t = time.perf_counter()
+        loss = model(b).losses["total"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first step warms up
+            times.append(time.perf_counter() - t)
+    med = float(np.median(times))
+    return {"device": str(device), "threads": torch.get_num_threads(), "batch": args.batch,
+            "data": args.cache or "shop3k-shaped random", "step_s_median": round(med, 3),
+            "products_per_s": round(args.batch / med, 2)}
+
+
+def cmd_embed(args: argparse.Namespace) -> dict:
+    """Embedding speed: from cached features (products/s), and end to end from raw files
+    (decode + backbones + model) on the manifest's first products."""
+    from .backbones import set_offline
+    from .catalog import embed_products
+    from .checkpoint import load_checkpoint
+    from .featurize import Featurizer
+    from .features import FeatureCache
+    from .records import read_manifest
+
+    set_offline()
+    model = load_checkpoint(args.checkpoint, args.device)
+    out: dict = {"device": args.device, "threads": torch.get_num_threads(), "checkpoint": args.checkpoint}
+    if args.cache:
+        cache = FeatureCache(args.cache)
+        ids = cache.keys()[: args.n]
+        items = [dict(cache[i], id=i) for i in ids]
+        t = time.perf_counter()
+        embed_products(model, items)
+        out["cached"] = {"products": len(items), "products_per_s": round(len(items) / (time.perf_counter() - t), 1)}
+    if args.manifest:
+        products = read_manifest(args.manifest)[: args.raw_n]
+        fz = Featurizer(device=args.device)
+        t = time.perf_counter()
+        decoded = [fz.decode(p) for p in products]
+        feats = fz.encode_many(decoded)
+        embed_products(model, [dict(f, id=p.id) for f, p in zip(feats, products)])
+        dt = time.perf_counter() - t
+        out["raw_files"] = {"products": len(products), "products_per_s": round(len(products) / dt, 2)}
+    return out
+
+
+def cmd_app(args: argparse.Namespace) -> dict:
+    from .explorer import bench_app
+
+    return bench_app(args.checkpoint, args.catalog_size, args.device)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +220,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=5, help="timed iterations for small (base on CPU: 1)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.set_defaults(func=cmd_model)
+    p = sub.add_parser("train", help="training throughput of `small` (products/s)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--cache", default=None, help="feature cache folder (default: random shop3k-shaped batches)")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("embed", help="catalog embedding speed, from cached features and from raw files")
+    p.add_argument("--checkpoint", default="checkpoints/scale-shop3k-small")
+    p.add_argument("--cache", default=None)
+    p.add_argument("--manifest", default=None)
+    p.add_argument("--n", type=int, default=1000, help="cached products to embed")
+    p.add_argument("--raw-n", type=int, default=32, help="products embedded from raw files")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("app", help="app cold start, upload to S, page switch, map, RSS")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--catalog-size", type=int, default=3000)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_app)
     args = parser.parse_args(argv)
     print(json.dumps(args.func(args), indent=2))
 

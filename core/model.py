@@ -31,7 +31,7 @@ from .modalities import FEATURE_MODALITIES, MODALITIES, PRETEXT, TOKEN_MODALITIE
 class ScaleOutput:
     pooled: dict  # m -> (B, H) pooler output before fusion (zeros where absent under missing="mask")
     cls: dict  # m -> (B, H) the modality's first token after the JCT (zeros likewise)
-    fused: torch.Tensor  # (B, H) sum over present modalities of L2-normalized cls[m]
+    fused: torch.Tensor  # (B, H) sum over present modalities of L2-normalized pooled[m] (or cls[m], cfg.fusion)
     present: torch.Tensor  # (B, 5) bool, modality order of MODALITIES
     S: torch.Tensor  # (B, 5, 5) cosine of pooled features, NaN where a modality is absent (missing="mask")
     S_prime: torch.Tensor  # (B, 5, 5) harmonized weights, NaN likewise
@@ -98,8 +98,10 @@ class SCALE(nn.Module):
         outs, token_mask, token_type, attention = self.jct(states, masks, return_attention)
         cls = {m: outs[m][:, 0] for m in MODALITIES}
         # Fused product embedding: the authors retrieve with the sum of modality features; we sum the
-        # L2-normalized post-fusion first tokens of the present modalities so no modality dominates by norm.
-        fused = sum(F.normalize(cls[m], dim=-1) * present[:, i, None] for i, m in enumerate(MODALITIES))
+        # L2-normalized features of the present modalities so no modality dominates by norm. Which
+        # features is cfg.fusion: "pooled" (pre-fusion, the contrastively aligned space; default) or "cls".
+        source = pooled if cfg.fusion == "pooled" else cls
+        fused = sum(F.normalize(source[m], dim=-1) * present[:, i, None] for i, m in enumerate(MODALITIES))
 
         in_S = present if cfg.missing == "mask" else torch.ones_like(present)  # "zero": S over all 5
         S, S_prime, W = harmony(torch.stack([pooled[m] for m in MODALITIES], dim=1), in_S,

@@ -78,3 +78,23 @@ def test_detach_harmony_gradient():
     W = harmony(pooled, torch.ones(2, 5, dtype=torch.bool), "loss", detach=False)[2]
     W[:, 0, 1].sum().backward()
     assert pooled.grad.abs().sum() > 0
+
+
+def test_loss_mode_weights_are_positive_mean_one_and_uniform_for_constant_scores():
+    import torch
+
+    from core.harmonize import positive_weights
+
+    present = torch.tensor([[True, True, True, False, True]])
+    upper = torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)
+    pairs = (present[:, :, None] & present[:, None, :])[0]
+    Sp = torch.randn(1, 5, 5)
+    Sp = (Sp + Sp.transpose(1, 2)) / 2
+    W = positive_weights(Sp, present)[0]
+    assert (W[pairs] > 0).all() and (W[~pairs] == 0).all()
+    assert torch.allclose(W[pairs & upper].mean(), torch.tensor(1.0)) and torch.allclose(W.diagonal()[present[0]].mean(), torch.tensor(1.0))
+    assert torch.allclose(W, W.T)
+    i, j = max(((a, b) for a in range(5) for b in range(a + 1, 5) if pairs[a, b]), key=lambda ab: Sp[0, ab[0], ab[1]])
+    assert W[i, j] == W[pairs & upper].max()  # more agreement, more weight
+    const = positive_weights(torch.full((1, 5, 5), 0.3), present)[0]
+    assert torch.equal(const[pairs], torch.ones_like(const[pairs]))

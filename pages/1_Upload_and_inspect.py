@@ -1,0 +1,144 @@
+"""Upload a product (any subset of the five modalities) or pick an example, and see what was decoded."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: pages import appkit and core
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import appkit as ak
+
+st.set_page_config(page_title="Upload and inspect · SCALE Explorer", layout="wide")
+s = ak.sidebar()
+st.title("Upload and inspect")
+ak.explain("Give the model a product: any subset of text, table, image(s), video and audio. Below, each modality "
+           "is shown the way the model receives it: the image's 7×7 region grid, the word pieces, the table's "
+           "key/value entities, the sampled video frames and the waveform with its log-mel spectrogram.")
+ex = ak.require_explorer(s)
+
+up_tab, ex_tab = st.tabs(["Upload files", "Example product"])
+with up_tab:
+    c1, c2 = st.columns(2)
+    with c1:
+        title = st.text_input("Title", key="up_title")
+        description = st.text_area("Description", key="up_description", height=90)
+        st.markdown("**Table** (key / value pairs; or upload a CSV / JSON file below, which takes precedence)")
+        grid = st.data_editor(pd.DataFrame({"key": pd.Series(dtype=str), "value": pd.Series(dtype=str)}),
+                              num_rows="dynamic", key="up_table_grid", width="stretch")
+        table_file = st.file_uploader("Table file (CSV key,value / JSON object)", type=["csv", "json", "txt", "tsv"],
+                                      key="up_table_file")
+    with c2:
+        images = st.file_uploader("Image(s)", type=None, accept_multiple_files=True, key="up_images",
+                                  help="JPEG / PNG / WebP; the first one is encoded, the others are shown")
+        video = st.file_uploader("Video", type=None, key="up_video", help="MP4 / WebM / MOV / AVI")
+        use_sound = st.checkbox("Use the video's soundtrack as audio (when no audio file is given)", value=True,
+                                key="up_use_soundtrack")
+        audio = st.file_uploader("Audio", type=None, key="up_audio", help="WAV / FLAC / OGG / MP3")
+    if st.button("Analyze this product", type="primary", key="up_submit"):
+        if table_file is not None:
+            table, table_name = table_file.getvalue(), table_file.name
+        else:
+            rows = grid.dropna(how="all") if isinstance(grid, pd.DataFrame) else pd.DataFrame(columns=["key", "value"])
+            table = {str(k).strip(): str(v).strip() for k, v in zip(rows.get("key", []), rows.get("value", []))
+                     if isinstance(k, str) and k.strip() and isinstance(v, str) and v.strip()}
+            table_name = "table grid"
+        product, decoded, errors = ex.product_from_inputs(
+            title, description, table or None, [(f.name, f.getvalue()) for f in images or []],
+            (video.name, video.getvalue()) if video else None, (audio.name, audio.getvalue()) if audio else None,
+            use_sound, table_name=table_name)
+        entry = ak.add_product(ex, title.strip() or f"upload {product.id[-8:]}", product, decoded, errors)
+        if entry is None:
+            for m, msg in errors.items():
+                st.error(f"**{m}** left out: {msg}")
+            st.error("Nothing usable was given. Fix: add a title, a table row or a readable image / video / audio file.")
+        else:  # rerun so the sidebar's product list includes it; the message survives in session state
+            st.session_state["flash"] = f"Analyzed **{st.session_state['current']}**."
+            st.rerun()
+
+with ex_tab:
+    prods, generated = ak.products_of(s)
+    if generated:
+        st.warning("These examples are **generated** (core.synth: coloured shapes, spinning-shape videos and tones), "
+                   "not real products, because the shop3k manifest was not found.")
+    labels = [f"{p.title or p.id} · {p.category or 'no category'} · {p.id}" for p in prods]
+    pick = st.selectbox("Example", range(len(prods)), format_func=lambda i: labels[i], key="example_pick")
+    if st.button("Load example", key="example_load") and prods:
+        p = prods[pick]
+        decoded = ex.decode(p)
+        entry = ak.add_product(ex, f"{'[generated] ' if generated else ''}{p.title or p.id}", p, decoded,
+                               decoded.errors, generated)
+        if entry is None:
+            st.error(f"{p.id}: none of its files could be read. Fix: check the manifest's paths. "
+                     + " ".join(decoded.errors.values()))
+        else:
+            st.session_state["flash"] = f"Loaded example **{st.session_state['current']}**."
+            st.rerun()
+
+if "flash" in st.session_state:
+    st.success(st.session_state.pop("flash"))
+name, entry = ak.current(required=False)
+if entry is None:
+    st.info("No product yet: upload files or load an example above.")
+    st.stop()
+
+d, feats = entry["decoded"], entry["features"]
+st.header(name + (" · generated example" if entry["generated"] else ""))
+st.markdown("Present: " + ak.present_badges(d.present()))
+for m, msg in entry["errors"].items():
+    st.error(f"**{m}** left out: {msg}")
+
+summary = {"id": d.product.id, "present": d.present(), "errors": entry["errors"], "category": d.product.category}
+fig = None
+cols = st.columns(2)
+with cols[0]:
+    st.subheader("Image")
+    if d.images:
+        fig = ak.region_grid_figure(d.images[0], title="What the backbone sees: center crop, 7×7 regions (+1 global token)")
+        st.plotly_chart(fig, key="img_grid")
+        if len(d.images) > 1:
+            st.image(d.images[1:], width=100, caption=[f"image {i + 2} (shown, not encoded)" for i in range(len(d.images) - 1)])
+        summary["image_tokens"] = list(feats["image.tokens"].shape)
+    else:
+        st.caption("absent")
+    st.subheader("Text tokens")
+    if "text.ids" in feats:
+        toks = ex.tokenizer.convert_ids_to_tokens(np.asarray(feats["text.ids"]).tolist())
+        st.markdown(" ".join(f"`{t}`" for t in toks))
+        st.caption(f"{len(toks)} word pieces (MiniLM / BERT uncased vocabulary, at most 64)")
+        summary["text_tokens"] = toks
+    else:
+        st.caption("absent")
+    st.subheader("Table entities")
+    if "table.ids" in feats:
+        ents = ex.maskable(feats)["table"]
+        df = pd.DataFrame([{"entity": e, "key": k, "value": v} for e, k, v in ents])
+        st.dataframe(df, hide_index=True, width="stretch")
+        kept = len(ents)
+        if d.table and kept < len(d.table):
+            st.caption(f"{kept} of {len(d.table)} entries fit in the 64-token table; the rest are dropped.")
+        summary["table_entities"] = df.to_dict("records")
+    else:
+        st.caption("absent")
+with cols[1]:
+    st.subheader("Video frames")
+    if d.video is not None:
+        st.image(list(d.video.frames), width=96, caption=[f"{t:.1f} s" for t in d.video.times])
+        st.caption(f"{len(d.video.frames)} frames sampled from {d.video.duration:.1f} s at about 1 fps (≤ 12)")
+        summary["video_frame_times"] = d.video.times.tolist()
+    else:
+        st.caption("absent")
+    st.subheader("Audio")
+    if d.audio is not None:
+        st.caption(f"{len(d.audio) / 16000:.1f} s, from the {'video soundtrack' if d.audio_source == 'video' else 'audio file'}")
+        st.plotly_chart(ak.waveform_figure(d.audio), key="wave")
+        mel = ex.featurizer.audio.log_mel(d.audio)
+        st.plotly_chart(ak.spectrogram_figure(mel, ex.featurizer.cfg.mel_frames_per_patch), key="mel")
+        st.caption(f"{len(feats['audio.patches'])} time patches of {ex.featurizer.cfg.mel_frames_per_patch} frames × 80 mel bins")
+        summary["audio_seconds"] = len(d.audio) / 16000
+    else:
+        st.caption("absent")
+ak.downloads("product", summary, fig)

@@ -1,0 +1,90 @@
+"""A tiny, randomly initialized SCALE checkpoint with a catalog of generated products, for the app tests.
+
+It is built for real (core.synth media -> Featurizer -> a few optimizer steps -> save_checkpoint ->
+embed_products), so the tests pass on a fresh clone without the shipped checkpoint. Nothing here is
+a hard-coded result: the training log and metrics.json are what the tiny run produced.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TINY = dict(hidden=64, heads=4, layers={"text": 1, "table": 1, "image": 1, "video": 1, "audio": 1}, jct_layers=1,
+            init_text_from_pretrained=False, dropout=0.0)
+
+
+@dataclass
+class TinySetup:
+    checkpoint: Path
+    catalog: Path
+    manifest: Path
+    products: list
+    features: dict  # id -> features dict
+
+
+def build_tiny(root: Path, featurizer, n: int = 9, steps: int = 3) -> TinySetup:
+    from core.catalog import embed_products
+    from core.checkpoint import save_checkpoint
+    from core.config import get_config
+    from core.dataset import Collator
+    from core.metrics import retrieval_scores
+    from core.model import SCALE
+    from core.records import read_manifest
+    from core.synth import make_catalog
+    from core.train import step_record
+
+    root = Path(root)
+    manifest = make_catalog(root / "synth", n=n, video_seconds=2.0, audio_seconds=2.0)
+    products = read_manifest(manifest)
+    decoded = [featurizer.decode(p) for p in products]
+    feats = featurizer.encode_many(decoded)
+    for p, f in zip(products, feats):
+        f["id"] = p.id
+    torch.manual_seed(0)
+    cfg = get_config("small", **TINY)
+    model = SCALE(cfg, pretrained=False)
+    opt = model.configure_optimizers(lr=1e-3, weight_decay=0.01)
+    collate = Collator(missing=cfg.missing, mask_prob=0.3, seed=0, dims=dict(cfg.feature_dims))
+    ckpt = root / "ckpt"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    lines = []
+    model.train()
+    for step in range(steps):
+        out = model(collate(feats))
+        opt.zero_grad()
+        out.losses["total"].backward()
+        opt.step()
+        lines.append(json.dumps(step_record(out, step, 0, 1e-3, len(feats))))
+    model.eval()
+    save_checkpoint(model, ckpt)
+    (ckpt / "train_metrics.jsonl").write_text("\n".join(lines) + "\n")
+    items = [dict(f, category=p.category, source=p.source, split=p.split) for p, f in zip(products, feats)]
+    cat = embed_products(model, items)
+    cat.save(ckpt / "catalog.npz")
+    res = retrieval_scores(cat.fused, cat.fused, cat.categories, cat.categories, cat.ids, cat.ids)
+    (ckpt / "metrics.json").write_text(json.dumps({"retrieval_fused": {k: float(v) for k, v in res.items()
+                                                                       if isinstance(v, (int, float, np.floating))}}))
+    (ckpt / "card.md").write_text(f"# tiny test checkpoint\n\nRandom init, {steps} steps on {n} generated products.\n")
+    return TinySetup(ckpt, ckpt / "catalog.npz", manifest, products, {p.id: f for p, f in zip(products, feats)})
+
+
+_BUILT: dict[str, TinySetup] = {}
+
+
+def tiny_setup(featurizer) -> TinySetup:
+    """Built once per test process (several test modules share it), in a temporary folder."""
+    import tempfile
+
+    if "tiny" not in _BUILT:
+        _BUILT["tiny"] = build_tiny(Path(tempfile.mkdtemp(prefix="scale-tiny-")), featurizer)
+    return _BUILT["tiny"]
+
+
+def load_tiny_model(setup: TinySetup):
+    from core.checkpoint import load_checkpoint
+
+    return load_checkpoint(setup.checkpoint, "cpu").eval()

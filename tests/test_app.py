@@ -1,0 +1,219 @@
+"""Streamlit AppTest of every page, driven against a tiny checkpoint built in a temporary folder.
+
+Uploads go through AppTest's file_uploader API (streamlit 1.67 has it), so they take the same code path
+as a browser upload.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_fixtures import tiny_setup
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["1_Upload_and_inspect", "2_Modality_scores", "3_Masked_prediction", "4_Embedding_map",
+         "5_Modality_contributions", "6_Retrieval", "7_Training"]
+
+
+@pytest.fixture(scope="module")
+def setup(featurizer):
+    s = tiny_setup(featurizer)
+    env = {"SCALE_CHECKPOINT": str(s.checkpoint), "SCALE_CATALOG": str(s.catalog), "SCALE_MANIFEST": str(s.manifest)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield s
+    for k, v in old.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def explorer(setup):
+    from core.explorer import Explorer
+
+    return Explorer.load(setup.checkpoint, "cpu")
+
+
+def new_app() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    return at
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    return at
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def chart_specs(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def _z(m: np.ndarray) -> list:
+    return [[None if not np.isfinite(v) else float(v) for v in row] for row in m]
+
+
+def _media(setup):
+    """Bytes of one generated product's image, video (with sound) and table."""
+    p = setup.products[0]
+    return (Path(p.images[0]).read_bytes(), Path(p.video).read_bytes(),
+            "key,value\n" + "\n".join(f"{k},{v}" for k, v in p.attributes.items()))
+
+
+def test_home_shows_model_catalog_and_examples(setup):
+    at = new_app()
+    no_exception(at)
+    assert at.title[0].value == "SCALE Explorer"
+    text = " ".join(s.value for s in at.success)
+    assert setup.checkpoint.name in text and f"{len(setup.products)} products" in text
+    assert not at.error
+
+
+def test_home_without_checkpoint_says_how_to_make_one(setup, tmp_path):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.session_state["ckpt_dir"] = str(tmp_path / "nope")
+    at.run()
+    no_exception(at)
+    msg = at.error[0].value
+    assert "nope" in msg and "not found" in msg and "python -m core.train" in msg
+
+
+def test_upload_image_video_table_then_scores_match_core(setup, explorer):
+    img, vid, table = _media(setup)
+    at = goto(new_app(), PAGES[0])
+    at.text_input(key="up_title").input("Red round badge")
+    at.file_uploader(key="up_images").set_value([("badge.png", img, "image/png")])
+    at.file_uploader(key="up_video").set_value(("spin.mp4", vid, "video/mp4"))
+    at.file_uploader(key="up_table_file").set_value(("attrs.csv", table.encode(), "text/csv"))
+    at.run()
+    at.button(key="up_submit").click()
+    at.run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    entry = at.session_state["products"][at.session_state["current"]]
+    present = entry["decoded"].present()
+    assert present == {"text": True, "table": True, "image": True, "video": True, "audio": True}  # audio = soundtrack
+    assert entry["decoded"].audio_source == "video"
+    goto(at, PAGES[1])
+    no_exception(at)
+    a = explorer.analyze(entry["features"], missing="mask")
+    specs = chart_specs(at)
+    np.testing.assert_allclose(np.array(specs[0]["data"][0]["z"], dtype=float), a.S, atol=1e-5)
+    np.testing.assert_allclose(np.array(specs[1]["data"][0]["z"], dtype=float), a.S_prime, atol=1e-5)
+
+
+def test_every_page_renders_with_an_example_and_absent_shown_as_absent(setup, explorer):
+    at = goto(new_app(), PAGES[0])
+    incomplete = next(i for i, p in enumerate(setup.products) if not p.audio)
+    at.selectbox(key="example_pick").select_index(incomplete)
+    at.run()
+    at.button(key="example_load").click()
+    at.run()
+    no_exception(at)
+    for page in PAGES[1:]:
+        goto(at, page)
+        no_exception(at)
+        assert not at.error, (page, [e.value for e in at.error])
+        assert at.caption and "What am I looking at" in at.caption[0].value
+    goto(at, PAGES[1])
+    spec = chart_specs(at)[0]["data"][0]
+    audio = 4
+    assert all(v is None for v in spec["z"][audio]) and spec["text"][audio][0] == "absent"  # grey "absent", not 0
+    entry = at.session_state["products"][at.session_state["current"]]
+    np.testing.assert_allclose(np.array(spec["z"], dtype=float), explorer.analyze(entry["features"]).S, atol=1e-5)
+    # zero-imputation toggle: S gets a row for the absent modality
+    at.toggle(key="scores_cmp_zero").set_value(True)
+    at.run()
+    no_exception(at)
+    zspec = [s for s in chart_specs(at) if s["layout"]["title"]["text"] == "S, missing=zero"][0]["data"][0]
+    assert all(v is not None for v in zspec["z"][audio])
+
+
+def test_two_products_switch_and_compare(setup):
+    at = goto(new_app(), PAGES[0])
+    for i in (0, 1):
+        at.selectbox(key="example_pick").select_index(i)
+        at.run()
+        at.button(key="example_load").click()
+        at.run()
+        no_exception(at)
+    names = list(at.session_state["products"])
+    assert len(names) == 2 and at.session_state["current"] == names[1]
+    at.sidebar.selectbox(key="current_pick").set_value(names[0])
+    at.run()
+    assert at.session_state["current"] == names[0]
+    goto(at, PAGES[1])
+    no_exception(at)
+    assert at.selectbox(key="compare").value == names[1]
+    titles = [s["layout"]["title"]["text"] for s in chart_specs(at)]
+    assert f"S · {names[0]}" in titles and f"S · {names[1]}" in titles
+
+
+def test_masked_prediction_masks_exactly_the_chosen_tokens(setup):
+    at = goto(new_app(), PAGES[0])
+    at.button(key="example_load").click()
+    at.run()
+    goto(at, PAGES[2])
+    no_exception(at)
+    at.multiselect(key="mp_text").set_value([1, 2])
+    at.multiselect(key="mp_table").set_value([0])
+    at.run()
+    no_exception(at)
+    df = at.dataframe[0].value
+    assert sorted(df[df.modality == "text"].position.tolist()) == [1, 2]
+    assert len(df[df.modality == "table"]) >= 1
+    at.radio(key="mp_mode").set_value("Predict one modality from the others")
+    at.run()
+    at.selectbox(key="mp_drop").set_value("image")
+    at.run()
+    no_exception(at)
+    assert any("Mean reconstruction MSE of image" in m.label for m in at.metric)
+
+
+def test_bad_uploads_show_errors_and_the_rest_works(setup):
+    img, _, _ = _media(setup)
+    at = goto(new_app(), PAGES[0])
+    at.text_input(key="up_title").input("Still has a title")
+    at.file_uploader(key="up_images").set_value([("notes.png", b"this is a text file, not a picture", "image/png")])
+    at.file_uploader(key="up_video").set_value(("broken.mp4", os.urandom(4096), "video/mp4"))
+    at.file_uploader(key="up_audio").set_value(("silence.wav", b"", "audio/wav"))
+    big = "key,value\n" + "\n".join(f"k{i},v{i}" for i in range(10_000))
+    at.file_uploader(key="up_table_file").set_value(("huge.csv", big.encode(), "text/csv"))
+    at.run()
+    at.button(key="up_submit").click()
+    at.run()
+    no_exception(at)
+    errors = " ".join(e.value for e in at.error)
+    for name in ("notes.png", "broken.mp4", "silence.wav", "huge.csv"):
+        assert name in errors, (name, errors)
+    entry = at.session_state["products"][at.session_state["current"]]
+    assert entry["decoded"].present() == {"text": True, "table": False, "image": False, "video": False, "audio": False}
+    for page in PAGES[1:3]:  # the session is alive: the text-only product still works
+        goto(at, page)
+        no_exception(at)
+
+
+def test_training_page_shows_the_log_and_evaluation_and_png_export(setup):
+    at = goto(new_app(), PAGES[6])
+    no_exception(at)
+    assert any("steps from" in c.value for c in at.caption)
+    titles = [s["layout"]["title"]["text"] for s in chart_specs(at)]
+    assert "Loss per task" in titles and "Learning rate" in titles
+    metrics = json.loads((setup.checkpoint / "metrics.json").read_text())
+    shown = at.dataframe[-1].value
+    assert shown.loc["retrieval_fused / mAP@1", "value"] == pytest.approx(metrics["retrieval_fused"]["mAP@1"])
+    at.toggle(key="png-training").set_value(True)
+    at.run()
+    no_exception(at)
+    assert at.get("download_button") and (any(b.proto.label == "Figure (PNG)" for b in at.get("download_button"))
+                                          or any("HTML only" in c.value for c in at.caption))

@@ -1,0 +1,135 @@
+"""End to end in a real browser: Debian chromium driven by Playwright against `streamlit run app.py`.
+
+Uploads an image, a video with sound and a table, visits every page through the sidebar (one browser
+session, so the uploaded product stays in session state), fails on any exception element, and saves
+screenshots under test-output/. Skipped only when no chromium binary is found.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app_fixtures import tiny_setup
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "test-output"
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
+                 if p and Path(p).is_file()), None)
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PAGES = [("Modality scores", "Modality scores S and S′"), ("Masked prediction", "Masked prediction"),
+         ("Embedding map", "Embedding map"), ("Modality contributions", "Modality contributions"),
+         ("Retrieval", "Retrieval"), ("Training", "Training")]
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary found (/usr/bin/chromium); "
+                                                         "install Debian's chromium to run the browser test")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(featurizer, tmp_path_factory):
+    setup = tiny_setup(featurizer)
+    port = _free_port()
+    env = dict(os.environ, SCALE_CHECKPOINT=str(setup.checkpoint), SCALE_CATALOG=str(setup.catalog),
+               SCALE_MANIFEST=str(setup.manifest), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail(f"streamlit did not start; see {log.name}")
+        yield url, setup
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group, started above
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _wait_idle(page, timeout: float = 60_000) -> None:
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
+    page.wait_for_timeout(300)
+
+
+def _no_exception(page, where: str) -> None:
+    print(f"[browser] {where} ok at {time.time():.1f}")
+    n = page.locator('[data-testid="stException"]').count()
+    assert n == 0, f"{where}: {page.locator('[data-testid=stException]').first.inner_text()}"
+
+
+def test_browser_upload_and_every_page(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from core.synth import COLORS, spin_frames, tone, write_image, write_video, draw_shape
+
+    url, _ = server
+    OUT.mkdir(exist_ok=True)
+    img = write_image(tmp_path / "badge.png", draw_shape("circle", COLORS["red"], 200))
+    vid = write_video(tmp_path / "spin.mp4", spin_frames("circle", COLORS["red"], 2.0), audio=tone(330.0, 2.0))
+    table = tmp_path / "attrs.csv"
+    table.write_text("key,value\ncolor,Red\nshape,circle\nsize,M\n")
+    t0 = time.time()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.goto(url, timeout=60_000)
+            page.get_by_role("heading", name="SCALE Explorer").wait_for(timeout=60_000)
+            _wait_idle(page, 90_000)
+            _no_exception(page, "home")
+            page.screenshot(path=str(OUT / "0_home.png"))
+
+            page.get_by_role("link", name="Upload and inspect").first.click()
+            page.get_by_role("heading", name="Upload and inspect").wait_for()
+            _wait_idle(page)
+            page.get_by_label("Title", exact=True).fill("Red round badge")
+            page.keyboard.press("Enter")
+            _wait_idle(page)
+            for label, path in (("Image(s)", img), ("Video", vid), ("Table file", table)):
+                box = page.locator('[data-testid="stFileUploader"]').filter(has_text=label).first
+                box.locator('input[type="file"]').set_input_files(str(path))
+                _wait_idle(page)
+            page.get_by_role("button", name="Analyze this product").click()
+            page.get_by_text("Analyzed").wait_for(timeout=60_000)
+            _wait_idle(page)
+            _no_exception(page, "upload")
+            assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+            page.screenshot(path=str(OUT / "1_upload_and_inspect.png"))
+
+            for i, (link, heading) in enumerate(PAGES, start=2):
+                page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=link).click()
+                page.get_by_role("heading", name=heading).first.wait_for(timeout=60_000)
+                _wait_idle(page, 90_000)
+                _no_exception(page, link)
+                page.screenshot(path=str(OUT / f"{i}_{link.replace(' ', '_').lower()}.png"))
+        finally:
+            browser.close()
+    elapsed = time.time() - t0
+    print(f"[browser] home + upload + 6 pages in {elapsed:.0f} s")  # about 75-90 s on 2 busy cores
+    assert elapsed < 180, "the app became far slower than usual (a hang?)"

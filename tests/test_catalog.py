@@ -1,0 +1,67 @@
+"""core.catalog: embed_products, the .npz round trip, embedding kinds, manifest join."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app_fixtures import load_tiny_model, tiny_setup
+from core.catalog import Catalog, embed_products, forward_items
+from core.errors import ScaleError
+from core.metrics import l2n
+from core.modalities import MODALITIES
+
+
+@pytest.fixture(scope="module")
+def setup(featurizer):
+    return tiny_setup(featurizer)
+
+
+@pytest.fixture(scope="module")
+def model(setup):
+    return load_tiny_model(setup)
+
+
+def test_embed_matches_single_forward_and_batching(setup, model):
+    items = [dict(f, category=p.category) for p, f in zip(setup.products, setup.features.values())]
+    cat = embed_products(model, items, batch_size=4)
+    assert len(cat) == len(items) and cat.fused.shape == (len(items), model.cfg.hidden)
+    assert list(cat.categories) == [p.category for p in setup.products]
+    one = forward_items(model, [items[2]])
+    np.testing.assert_allclose(cat.fused[2], one.fused[0].numpy(), atol=1e-4)
+    # absent modalities: not present, zero vectors
+    for i, it in enumerate(items):
+        for j, m in enumerate(MODALITIES):
+            has = any(k.startswith(m + ".") for k in it)
+            assert cat.present[i, j] == has
+            if not has:
+                assert not cat.cls[m][i].any() and not cat.pooled[m][i].any()
+
+
+def test_save_load_roundtrip_and_kinds(setup, model, tmp_path):
+    cat = Catalog.load(setup.catalog)
+    path = cat.save(tmp_path / "c.npz")
+    again = Catalog.load(path)
+    assert (again.ids == cat.ids).all() and (again.present == cat.present).all()
+    np.testing.assert_allclose(again.fused, cat.fused, atol=1e-3)
+    s = cat.embedding("sum:text+image")
+    np.testing.assert_allclose(s, l2n(cat.cls["text"]) + l2n(cat.cls["image"]), atol=1e-6)
+    video = cat.embedding("video")
+    assert np.allclose(np.linalg.norm(video[cat.present[:, 3]], axis=1), 1, atol=1e-3)
+    assert not video[~cat.present[:, 3]].any()
+    with pytest.raises(ScaleError, match="unknown"):
+        cat.embedding("smell")
+    with np.load(path, allow_pickle=False) as z:  # strings stored as unicode, no pickles
+        assert z["ids"].dtype.kind == "U" and z["fused"].dtype == np.float16
+
+
+def test_attach_manifest_and_bad_file(setup, tmp_path):
+    cat = Catalog.load(setup.catalog)
+    cat.titles[:] = ""
+    assert cat.attach_manifest(setup.products) == len(cat)
+    assert cat.titles[0] == setup.products[0].title and cat.thumbnails[0].endswith(".png")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ScaleError, match="bad.npz"):
+        Catalog.load(bad)
+    with pytest.raises(ScaleError, match="not found"):
+        Catalog.load(tmp_path / "missing.npz")

@@ -1,0 +1,51 @@
+"""core.projection: PCA / UMAP maps that place new rows without refitting, and nearest neighbours."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.errors import ScaleError
+from core.projection import fit_projection, nearest
+
+
+def _blobs(n=60, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((3, d)) * 4
+    y = np.arange(n) % 3
+    return centers[y] + rng.standard_normal((n, d)), y
+
+
+def test_pca_is_fit_once_and_transform_is_consistent():
+    X, _ = _blobs()
+    p = fit_projection(X, "pca", dim=3)
+    assert p.method == "pca" and p.coords.shape == (60, 3)
+    np.testing.assert_allclose(p.transform(X[:5]), p.coords[:5], atol=1e-4)
+    before = p.coords.copy()
+    p.transform(np.random.default_rng(1).standard_normal((4, 16)))
+    assert np.array_equal(before, p.coords)  # new rows never move the map
+
+
+def test_umap_places_new_points_near_their_cluster():
+    X, y = _blobs(n=45)
+    p = fit_projection(X, "umap", dim=2, seed=0)
+    assert p.method == "umap" and p.coords.shape == (45, 2)
+    new = p.transform(X[:3] + 0.01)
+    for i in range(3):
+        d = np.linalg.norm(p.coords - new[i], axis=1)
+        assert y[np.argsort(d)[:5]].tolist().count(y[i]) >= 4
+
+
+def test_small_inputs_and_errors():
+    X, _ = _blobs(n=4)
+    assert fit_projection(X, "umap").method == "pca"  # too few rows for UMAP
+    with pytest.raises(ScaleError):
+        fit_projection(X, "tsne")
+    with pytest.raises(ScaleError):
+        fit_projection(X[:1], "pca")
+
+
+def test_nearest_scores_and_exclusion():
+    G = np.array([[1, 0], [0.9, 0.1], [0, 1], [0, 0]], dtype=np.float32)
+    idx, sc = nearest(np.array([1.0, 0.0]), G, k=3, exclude=np.array([True, False, False, False]))
+    assert idx.tolist() == [1, 2, 3]
+    assert sc[0] == pytest.approx(0.9 / np.hypot(0.9, 0.1)) and sc[-1] == 0.0

@@ -79,7 +79,8 @@ def model_embeddings(checkpoint: str | Path, cache: FeatureCache, ids: list[str]
 
 
 @torch.inference_mode()
-def frozen_embeddings(cache: FeatureCache, ids: list[str], dim: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def frozen_embeddings(cache: FeatureCache, ids: list[str], dim: int = 256,
+                      modalities: tuple[str, ...] = MODALITIES) -> tuple[np.ndarray, np.ndarray]:
     """Backbone features with no training: MiniLM-L6 mean-pooled sentence vectors for text and table,
     the image's global token, the mean video frame and the mean audio patch; concat + PCA."""
     from transformers import AutoModel
@@ -120,12 +121,18 @@ def frozen_embeddings(cache: FeatureCache, ids: list[str], dim: int = 256) -> tu
             v = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
             for (i, _), row in zip(chunk, v.numpy()):
                 blocks[m][i] = row
-    fused = concat_pca([blocks[m] for m in MODALITIES], dim=dim)
+    fused = concat_pca([blocks[m] for m in modalities], dim=dim)
     return fused, present
 
 
+def subset_sum(per: dict[str, np.ndarray], present: np.ndarray, modalities: tuple[str, ...]) -> np.ndarray:
+    """The authors' retrieval feature for a set of modalities: the sum of their L2-normalized features."""
+    return sum(l2n(per[m]) * present[:, INDEX[m], None] for m in modalities)
+
+
 def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict[str, str] | None = None,
-        frozen: bool = True, cache_dir: str | None = None, device: str = "cpu") -> dict:
+        frozen: bool = True, cache_dir: str | None = None, device: str = "cpu",
+        subsets: tuple[tuple[str, ...], ...] = ()) -> dict:
     from .train import ensure_cache
 
     cache = ensure_cache(manifest, cache_dir, device)
@@ -138,10 +145,17 @@ def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict
     if frozen:
         fused, present = frozen_embeddings(cache, ids)
         out["models"]["frozen"] = evaluate_embeddings(fused, None, present, labels, ids)
+        for sub in subsets:
+            fused, present = frozen_embeddings(cache, ids, modalities=sub)
+            out["models"][f"frozen [{'+'.join(sub)}]"] = evaluate_embeddings(fused, None, present, labels, ids)
     for name, ck in models.items():
         fused, per, present = model_embeddings(ck, cache, ids, device)
         out["models"][name] = evaluate_embeddings(fused, per, present, labels, ids)
         out["models"][name]["checkpoint"] = str(ck)
+        if name == "SCALE":
+            for sub in subsets:
+                out["models"][f"SCALE [{'+'.join(sub)}]"] = evaluate_embeddings(
+                    subset_sum(per, present, sub), None, present, labels, ids)
     return out
 
 
@@ -185,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-frozen", action="store_true", help="skip the frozen-backbone baseline")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--subset", action="append", default=[], metavar="M1+M2",
+                    help="also score the sum of these modalities (SCALE) and their concat (frozen)")
     a = ap.parse_args(argv)
     try:
         compare = dict(c.split("=", 1) for c in a.compare)
@@ -192,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --compare takes NAME=CHECKPOINT_DIR", file=sys.stderr)
         return 2
     try:
-        res = run(a.checkpoint, a.manifest, a.split, compare, not a.no_frozen, a.cache, a.device)
+        subsets = tuple(tuple(x.split("+")) for x in a.subset)
+        bad = {m for sub in subsets for m in sub} - set(MODALITIES)
+        if bad:
+            raise ScaleError(f"--subset: unknown modalities {sorted(bad)}; use names from {', '.join(MODALITIES)}")
+        res = run(a.checkpoint, a.manifest, a.split, compare, not a.no_frozen, a.cache, a.device, subsets)
     except ScaleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

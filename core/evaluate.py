@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also score the sum of these modalities (SCALE) and their concat (frozen)")
     a = ap.parse_args(argv)
     try:
-        compare = dict(c.split("=", 1) for c in a.compare)
+        compare = dict(c.rsplit("=", 1) for c in a.compare)  # names may hold "=", paths rarely do
     except ValueError:
         print("error: --compare takes NAME=CHECKPOINT_DIR", file=sys.stderr)
         return 2

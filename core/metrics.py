@@ -196,8 +196,17 @@ def instance_recall(
     return out
 
 
-def linear_probe(X: np.ndarray, y: Sequence[Any], folds: int = 5, seed: int = 0) -> dict[str, float | int]:
-    """Linear probe: standardized features -> LogisticRegression(max_iter=1000), k-fold CV.
+PROBE_GRID: tuple[tuple[bool, float], ...] = tuple((std, c) for std in (True, False) for c in (1.0, 10.0, 100.0))
+
+
+def linear_probe(X: np.ndarray, y: Sequence[Any], folds: int = 5, seed: int = 0,
+                 grid: Sequence[tuple[bool, float]] = PROBE_GRID) -> dict[str, float | int]:
+    """Linear probe: (standardized or L2-normalized) features -> LogisticRegression(C), k-fold CV.
+
+    Every (standardize, C) setting of `grid` is cross-validated on the same folds and the best is
+    reported with its setting ("setting"): measured on shop3k, the frozen baseline scores 29% with
+    standardization and 74% without, and SCALE the other way round, so one fixed recipe would rank
+    the preprocessing, not the embeddings.
 
     Classes with fewer than 2 members are dropped (reported as "dropped" samples). Uses
     StratifiedKFold when the largest class has at least `folds` members (classes smaller than
@@ -225,19 +234,29 @@ def linear_probe(X: np.ndarray, y: Sequence[Any], folds: int = 5, seed: int = 0)
         splitter: StratifiedKFold | KFold = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     else:
         splitter = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    accs: list[float] = []
+    splits = list(splitter.split(Xk, yk))
+    best: tuple[float, np.ndarray, tuple[bool, float]] | None = None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*least populated class.*")
         warnings.filterwarnings("ignore", category=UserWarning)
-        for tr, te in splitter.split(Xk, yk):
-            if len(np.unique(yk[tr])) < 2:  # cannot fit one class; predict it
-                accs.append(float((yk[te] == yk[tr][0]).mean()))
-                continue
-            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
-            clf.fit(Xk[tr], yk[tr])
-            accs.append(float((clf.predict(Xk[te]) == yk[te]).mean()))
-    a = np.asarray(accs)
+        for std, c in grid:
+            accs: list[float] = []
+            for tr, te in splits:
+                if len(np.unique(yk[tr])) < 2:  # cannot fit one class; predict it
+                    accs.append(float((yk[te] == yk[tr][0]).mean()))
+                    continue
+                head = LogisticRegression(max_iter=1000, C=c, random_state=seed)
+                clf = make_pipeline(StandardScaler(), head) if std else head
+                Xin = Xk if std else l2n(Xk)
+                clf.fit(Xin[tr], yk[tr])
+                accs.append(float((clf.predict(Xin[te]) == yk[te]).mean()))
+            a = np.asarray(accs)
+            if best is None or a.mean() > best[0]:
+                best = (float(a.mean()), a, (std, c))
+    assert best is not None
+    a = best[1]
     return {
+        "setting": f"{'standardized' if best[2][0] else 'l2-normalized'}, C={best[2][1]:g}",
         "acc": 100.0 * float(a.mean()),
         "acc_std": 100.0 * float(a.std()),
         "chance": 100.0 * float(kc.max() / kc.sum()),

@@ -71,25 +71,28 @@ class Catalog:
     def embedding(self, kind: str = "fused") -> np.ndarray:
         """(N, H) float32 rows for `kind`:
         - "fused": the fused product embedding;
-        - "<modality>": that modality's L2-normalized post-fusion first token (zeros where absent);
-        - "pooled:<modality>": its pre-fusion pooled feature, L2-normalized;
-        - "sum:<m1>+<m2>+...": the authors' retrieval feature, the sum of the L2-normalized cls of
-          those modalities over the ones each product has.
+        - "<modality>": that modality's L2-normalized pooled (pre-fusion) feature, the space the
+          contrastive loss aligns across modalities (zeros where absent);
+        - "cls:<modality>": its post-fusion first token, L2-normalized;
+        - "sum:<m1>+<m2>+...": the authors' retrieval feature, the sum of the L2-normalized pooled
+          features of those modalities over the ones each product has.
         """
         if kind == "fused":
             return self.fused
-        if kind in self.cls:
-            return l2n(self.cls[kind])
+        if kind in self.pooled:
+            return l2n(self.pooled[kind])
         if kind.startswith("pooled:") and kind[7:] in self.pooled:
             return l2n(self.pooled[kind[7:]])
+        if kind.startswith("cls:") and kind[4:] in self.cls:
+            return l2n(self.cls[kind[4:]])
         if kind.startswith("sum:"):
             mods = [m for m in kind[4:].split("+") if m]
             bad = [m for m in mods if m not in self.cls]
             if bad or not mods:
                 raise ScaleError(f"embedding kind {kind!r}: unknown modality {bad}. Fix: use names from {MODALITIES}.")
-            return sum(l2n(self.cls[m]) for m in mods).astype(np.float32)
+            return sum(l2n(self.pooled[m]) for m in mods).astype(np.float32)
         raise ScaleError(f"unknown embedding kind {kind!r}. Fix: use 'fused', a modality name, "
-                         "'pooled:<modality>' or 'sum:<m1>+<m2>'.")
+                         "'cls:<modality>' or 'sum:<m1>+<m2>'.")
 
     def pattern(self) -> np.ndarray:
         """Missing-modality pattern per product, e.g. 'TBI-A'."""

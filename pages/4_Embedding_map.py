@@ -20,7 +20,7 @@ st.set_page_config(page_title="Embedding map · SCALE Explorer", layout="wide")
 s = ak.sidebar()
 st.title("Embedding map")
 ak.explain("Each dot is a catalog product, placed by a 2-D/3-D projection of its embedding (fused, or one modality's "
-           "post-fusion token). Products of one category should cluster. Your products (stars) are placed on the "
+           "pooled feature). Products of one category should cluster. Your products (stars) are placed on the "
            "fitted map with .transform, so the map never moves. Hover shows the title; thumbnails appear in the "
            "detail panel for selected points (Plotly hover labels cannot show images).")
 ex = ak.require_explorer(s)
@@ -70,7 +70,7 @@ placed = []
 for pname, e in ak.products().items():
     if kind != "fused" and not e["decoded"].present()[kind]:
         continue
-    v = ex.embed(e["features"]) if kind == "fused" else l2n(ex.analyze(e["features"]).cls[kind][None])[0]
+    v = ex.embed(e["features"]) if kind == "fused" else l2n(ex.analyze(e["features"]).pooled[kind][None])[0]
     xy = proj.transform(v[None])[0]
     placed.append({"product": pname, **{f"c{i}": float(c) for i, c in enumerate(xy)}})
     kw = dict(x=[xy[0]], y=[xy[1]], mode="markers+text", name=f"★ {pname}", text=[pname], textposition="top center",
@@ -102,7 +102,7 @@ else:
 nn_df = None
 if entry is not None:
     st.subheader(f"Nearest catalog neighbours of {name} ({kind})")
-    q = ex.embed(entry["features"]) if kind == "fused" else ex.analyze(entry["features"]).cls[kind]
+    q = ex.embed(entry["features"]) if kind == "fused" else ex.analyze(entry["features"]).pooled[kind]
     if not np.any(q):
         st.caption(f"{name} has no {kind}.")
     else:

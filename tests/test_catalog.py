@@ -44,7 +44,7 @@ def test_save_load_roundtrip_and_kinds(setup, model, tmp_path):
     assert (again.ids == cat.ids).all() and (again.present == cat.present).all()
     np.testing.assert_allclose(again.fused, cat.fused, atol=1e-3)
     s = cat.embedding("sum:text+image")
-    np.testing.assert_allclose(s, l2n(cat.cls["text"]) + l2n(cat.cls["image"]), atol=1e-6)
+    np.testing.assert_allclose(s, l2n(cat.pooled["text"]) + l2n(cat.pooled["image"]), atol=1e-6)
     video = cat.embedding("video")
     assert np.allclose(np.linalg.norm(video[cat.present[:, 3]], axis=1), 1, atol=1e-3)
     assert not video[~cat.present[:, 3]].any()

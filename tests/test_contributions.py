@@ -66,7 +66,7 @@ def test_ap_matches_core_metrics_and_incomplete_products(setup, model):
     assert 2 <= len(res.modalities) < 5 and len(res.subsets) == 2 ** len(res.modalities)
     full = frozenset(res.modalities)
     e = forward_items(model, [feats]).fused[0].numpy()
-    ref = retrieval_scores(e[None], cat.fused, [p.category], cat.categories, [p.id], cat.ids, ks=(10,))
+    ref = retrieval_scores(l2n(e[None]), l2n(cat.fused), [p.category], cat.categories, [p.id], cat.ids, ks=(10,))
     assert 100 * res.values["ap"][full] == pytest.approx(ref["mAP@10"], abs=1e-3)
     assert sum(res.shapley["ap"].values()) == pytest.approx(res.values["ap"][full], abs=1e-9)
 

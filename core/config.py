@@ -73,7 +73,9 @@ class ModelConfig:
 # `base`: the authors' sizes (hidden 768, 6-layer encoders, 6-layer JCT with 8 heads). Its width
 # differs from MiniLM's, so it starts from random weights (no projection of pretrained weights).
 PRESETS: dict[str, dict] = {
-    "small": {},
+    # Loss weights of the shipped checkpoint: contrastive x10 lifted shop3k val category mAP@10 after one
+    # epoch from 67.9 (x1) and 73.0 (x4) to 76.5; MAM x0.1 because raw log-mel targets give MSEs near 12.
+    "small": {"loss_weights": {"mlm": 1.0, "mem": 1.0, "mrp": 1.0, "mfp": 1.0, "mam": 0.1, "contrastive": 10.0}},
     "base": {"hidden": 768, "heads": 12, "jct_heads": 8, "jct_layers": 6, "init_text_from_pretrained": False,
              "layers": {"text": 6, "table": 6, "image": 6, "video": 6, "audio": 6}},
 }

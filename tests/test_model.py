@@ -1,4 +1,6 @@
 """SCALE forward: shapes, missing-modality modes, masked losses, attention maps, training, MiniLM init."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -28,8 +30,12 @@ def test_outputs_shapes_nan_pattern_and_fused():
     for m in MODALITIES:
         assert out.pooled[m].shape == (3, 64) and out.cls[m].shape == (3, 64)
     assert torch.all(out.pooled["video"][1:] == 0)  # absent under missing="mask"
-    fused = sum(F.normalize(out.cls[m], dim=-1) * out.present[:, i, None] for i, m in enumerate(MODALITIES))
-    assert torch.allclose(out.fused, fused, atol=1e-6)
+    fused = sum(F.normalize(out.pooled[m], dim=-1) * out.present[:, i, None] for i, m in enumerate(MODALITIES))
+    assert torch.allclose(out.fused, fused, atol=1e-6)  # default fusion="pooled"
+    cls_model = model_for(replace(cfg, fusion="cls"))
+    out_cls = cls_model(batch)
+    fused_cls = sum(F.normalize(out_cls.cls[m], dim=-1) * out_cls.present[:, i, None] for i, m in enumerate(MODALITIES))
+    assert torch.allclose(out_cls.fused, fused_cls, atol=1e-6) and not torch.allclose(out_cls.fused, out.fused)
     assert all(torch.isfinite(v) for v in out.losses.values())
     assert {"mlm", "mem", "mrp", "mfp", "mam", "contrastive", "cl_text_image", "total"} <= set(out.losses)
     T = out.token_type.shape[0]

@@ -29,3 +29,18 @@ def shop3k_manifest() -> Path:
     if not SHOP3K.is_file():
         pytest.skip(f"shop3k data not found at {SHOP3K} (the shared data folder is not beside this checkout)")
     return SHOP3K
+
+
+@pytest.fixture(scope="module")
+def setup(featurizer):
+    """The tiny checkpoint + catalog of generated products (tests/app_fixtures.py); test_app overrides it."""
+    from app_fixtures import tiny_setup
+
+    return tiny_setup(featurizer)
+
+
+@pytest.fixture(scope="module")
+def model(setup):
+    from app_fixtures import load_tiny_model
+
+    return load_tiny_model(setup)

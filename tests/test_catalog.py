@@ -4,21 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app_fixtures import load_tiny_model, tiny_setup
 from core.catalog import Catalog, embed_products, forward_items
 from core.errors import ScaleError
 from core.metrics import l2n
 from core.modalities import MODALITIES
-
-
-@pytest.fixture(scope="module")
-def setup(featurizer):
-    return tiny_setup(featurizer)
-
-
-@pytest.fixture(scope="module")
-def model(setup):
-    return load_tiny_model(setup)
 
 
 def test_embed_matches_single_forward_and_batching(setup, model):

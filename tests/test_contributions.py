@@ -7,22 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from app_fixtures import load_tiny_model, tiny_setup
 from core.catalog import Catalog, forward_items
 from core.contributions import (average_precision, catalog_contributions, leave_one_out, modality_contributions,
                                 shapley_values, subset_features)
 from core.metrics import l2n, retrieval_scores
 from core.modalities import MODALITIES
-
-
-@pytest.fixture(scope="module")
-def setup(featurizer):
-    return tiny_setup(featurizer)
-
-
-@pytest.fixture(scope="module")
-def model(setup):
-    return load_tiny_model(setup)
 
 
 def _brute_force_value(model, feats, subset, cat, nbrs):

@@ -28,10 +28,8 @@ from .modalities import INDEX, MODALITIES
 CROSS_PAIRS = [("text", "image"), ("image", "text"), ("table", "image"), ("video", "text"), ("audio", "text")]
 
 
-def _split_ids(cache: FeatureCache, manifest, split: str) -> tuple[list[str], list[str], list[str]]:
-    from .records import read_manifest
-
-    products = [p for p in read_manifest(manifest) if p.id in cache and (split == "all" or p.split == split)]
+def _split_ids(cache: FeatureCache, products: list, manifest, split: str) -> tuple[list[str], list[str], list[str]]:
+    products = [p for p in products if p.id in cache and (split == "all" or p.split == split)]
     if not products:
         raise ScaleError(f"{manifest}: no cached products in split {split!r}. Fix: use --split all, or check the manifest.")
     keep = [p for p in products if p.category]
@@ -133,10 +131,12 @@ def subset_sum(per: dict[str, np.ndarray], present: np.ndarray, modalities: tupl
 def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict[str, str] | None = None,
         frozen: bool = True, cache_dir: str | None = None, device: str = "cpu",
         subsets: tuple[tuple[str, ...], ...] = ()) -> dict:
+    from .records import read_manifest
     from .train import ensure_cache
 
-    cache = ensure_cache(manifest, cache_dir, device)
-    ids, labels, sources = _split_ids(cache, manifest, split)
+    products = read_manifest(manifest)
+    cache = ensure_cache(manifest, cache_dir, device, products=products)
+    ids, labels, sources = _split_ids(cache, products, manifest, split)
     models = {}
     if checkpoint:
         models["SCALE"] = checkpoint

@@ -33,10 +33,11 @@ def release(run: str | Path, manifest: str | Path, out: str | Path, cache_dir: s
     if not final.is_dir():
         raise ScaleError(f"{final}: the run has no final model. Fix: let `python -m core.train` finish (or --resume it).")
     model = load_checkpoint(final, "cpu")
-    cache = ensure_cache(manifest, cache_dir, "cpu")
+    all_products = read_manifest(manifest)
+    cache = ensure_cache(manifest, cache_dir, "cpu", products=all_products)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, out, extra={"backbones": cache.backbones.to_dict(), "run": str(run)}, dtype=torch.float16)
-    products = [p for p in read_manifest(manifest) if p.id in cache and (split == "all" or p.split == split)]
+    products = [p for p in all_products if p.id in cache and (split == "all" or p.split == split)]
     items = [dict(cache[p.id], id=p.id, category=p.category or "", source=p.source or "", split=p.split or "")
              for p in products]
     cat = embed_products(load_checkpoint(out, "cpu"), items)  # embeddings of the fp16 weights that ship

@@ -89,11 +89,11 @@ def default_cache_dir(manifest: str | Path) -> Path:
 
 
 def ensure_cache(manifest: str | Path, cache_dir: str | Path | None, device: str = "auto",
-                 rank: int = 0) -> FeatureCache:
+                 rank: int = 0, products: list | None = None) -> FeatureCache:
     """Open the feature cache of a manifest, building what is missing (rank 0 builds, others wait)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(manifest)
     if rank == 0:
-        products = read_manifest(manifest)
+        products = products if products is not None else read_manifest(manifest)
         index = cache_dir / "index.json"
         known = set()
         if index.is_file():
@@ -107,8 +107,8 @@ def ensure_cache(manifest: str | Path, cache_dir: str | Path | None, device: str
     return FeatureCache(cache_dir)
 
 
-def select_ids(cache: FeatureCache, manifest: str | Path, split: str | None, complete_only: bool = False) -> list[str]:
-    ids = [p.id for p in read_manifest(manifest) if p.id in cache and (split in (None, "all") or p.split == split)]
+def select_ids(cache: FeatureCache, products: list, split: str | None, complete_only: bool = False) -> list[str]:
+    ids = [p.id for p in products if p.id in cache and (split in (None, "all") or p.split == split)]
     if complete_only:
         ids = [i for i in ids if all(cache.present(i))]
     return ids
@@ -291,19 +291,20 @@ def train(a: TrainArgs) -> Path:
     torch.manual_seed(a.seed + rank)
     overrides = parse_sets(a.sets)
     cfg = get_config(a.config, **overrides)
-    cache = ensure_cache(a.manifest, a.cache, "cpu" if world > 1 and device.type == "cpu" else a.device, rank)
+    products = read_manifest(a.manifest)  # read once: the cache check and both splits use it
+    cache = ensure_cache(a.manifest, a.cache, "cpu" if world > 1 and device.type == "cpu" else a.device, rank, products)
     keep = tuple(m.strip() for m in a.modalities.split(",") if m.strip())
     unknown = set(keep) - set(MODALITIES)
     if unknown:
         raise ScaleError(f"--modalities: unknown {sorted(unknown)}; use a comma list of {','.join(MODALITIES)}")
     drop = tuple(m for m in MODALITIES if m not in keep)
-    train_ids = select_ids(cache, a.manifest, a.split, a.complete_only)
+    train_ids = select_ids(cache, products, a.split, a.complete_only)
     if not train_ids:
         raise ScaleError(f"{a.manifest}: no cached products in split {a.split!r}. Fix: check the split names.")
     train_set = FeatureDataset(cache, train_ids, drop=drop)
     # batching key: text length, and audio apart (its ~94 patches would pad the whole batch)
     lengths = np.array([len(cache[i].get("text.ids", ())) + 100 * ("audio.patches" in cache[i]) for i in train_ids])
-    val_ids = select_ids(cache, a.manifest, a.val_split) if a.val_split else []
+    val_ids = select_ids(cache, products, a.val_split) if a.val_split else []
     val_set = FeatureDataset(cache, val_ids, drop=drop) if val_ids else None
 
     ckpt = latest_checkpoint(run) if a.resume else None

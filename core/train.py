@@ -34,6 +34,7 @@ from .dataset import Collator, FeatureDataset, batch_to
 from .errors import ScaleError
 from .features import FeatureCache, build_cache
 from .modalities import MODALITIES
+from .model import SCALE
 from .records import read_manifest
 
 
@@ -308,7 +309,7 @@ def train(a: TrainArgs) -> Path:
     val_set = FeatureDataset(cache, val_ids, drop=drop) if val_ids else None
 
     ckpt = latest_checkpoint(run) if a.resume else None
-    model = load_checkpoint(ckpt, device) if ckpt else __import__("core.model", fromlist=["SCALE"]).SCALE(cfg).to(device)
+    model = load_checkpoint(ckpt, device) if ckpt else SCALE(cfg).to(device)
     if ckpt:
         cfg = model.cfg
     model.train()

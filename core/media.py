@@ -28,6 +28,7 @@ MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb cap (a 6,300 x 6,300 photo)
 MAX_FRAMES = 12
 FRAME_INTERVAL_S = 1.0
 MAX_VIDEO_SECONDS = 60.0  # only the first minute of a long video is read
+MAX_GRAB_GAP = 90  # frames walked with grab() before a seek is cheaper (about 3 s at 30 fps)
 SAMPLE_RATE = 16_000
 MAX_AUDIO_SECONDS = 12.0
 MAX_TABLE_ROWS = 1_000
@@ -99,7 +100,12 @@ def frame_times(duration: float, max_frames: int = MAX_FRAMES, interval: float =
 
 
 def load_video(path: PathLike, max_frames: int = MAX_FRAMES, max_seconds: float = MAX_VIDEO_SECONDS) -> VideoClip:
-    """Sample <= max_frames RGB frames evenly from the first `max_seconds` (OpenCV seeks, so length costs nothing)."""
+    """Sample <= max_frames RGB frames evenly from the first `max_seconds`.
+
+    Short gaps between sampled frames are walked with grab() (decode, no conversion); long ones seek.
+    A seek decodes again from the previous keyframe, so seeking to every frame of a short clip costs
+    several times a sequential pass, while a long video would cost a full pass without seeks.
+    """
     import cv2
 
     p = _check_file(path, "video")
@@ -113,10 +119,17 @@ def load_video(path: PathLike, max_frames: int = MAX_FRAMES, max_seconds: float 
             raise MediaError(p, "video has no readable frames or frame rate.", "re-encode it (for example H.264 MP4).")
         duration = count / fps
         frames, times = [], []
+        pos = 0  # index of the frame the next read() returns
         for t in frame_times(duration, max_frames, FRAME_INTERVAL_S, max_seconds):
             idx = min(int(t * fps), int(count) - 1)
-            cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
+            if 0 <= idx - pos <= MAX_GRAB_GAP:
+                while pos < idx and cap.grab():
+                    pos += 1
+            else:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
+                pos = idx
             ok, bgr = cap.read()
+            pos += 1
             if not ok or bgr is None:
                 continue
             frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))

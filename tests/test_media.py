@@ -135,3 +135,25 @@ def test_tables_all_formats(tmp_path):
 def test_broken_tables(content, match):
     with pytest.raises(MediaError, match=match):
         media.parse_table(content, "upload.csv")
+
+
+@pytest.mark.parametrize("fps,seconds,gap", [(12, 8.0, 90), (12, 8.0, 0)])
+def test_sampled_frames_are_the_frames_at_their_times(tmp_path, monkeypatch, fps, seconds, gap):
+    """Walking short gaps with grab() (gap 90) and seeking to every frame (gap 0) return the same
+    frames as a full sequential decode at the sampled indices."""
+    import cv2
+
+    p = write_video(tmp_path / "v.mp4", spin_frames("triangle", (30, 90, 220), seconds, fps=fps, size=64), fps=fps)
+    monkeypatch.setattr(media, "MAX_GRAB_GAP", gap)
+    clip = media.load_video(p)
+    cap = cv2.VideoCapture(str(p))
+    every = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        every.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    idx = np.rint(clip.times * fps).astype(int)
+    assert len(idx) == 8 and np.all(np.diff(idx) > 0)
+    np.testing.assert_array_equal(clip.frames, np.stack([every[i] for i in idx]))

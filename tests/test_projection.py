@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from core.errors import ScaleError
-from core.projection import fit_projection, nearest
+from core.projection import exact_knn, fit_projection, nearest
 
 
 def _blobs(n=60, d=16, seed=0):
@@ -49,3 +49,14 @@ def test_nearest_scores_and_exclusion():
     idx, sc = nearest(np.array([1.0, 0.0]), G, k=3, exclude=np.array([True, False, False, False]))
     assert idx.tolist() == [1, 2, 3]
     assert sc[0] == pytest.approx(0.9 / np.hypot(0.9, 0.1)) and sc[-1] == 0.0
+
+
+def test_exact_knn_matches_brute_force_across_blocks():
+    rng = np.random.default_rng(3)
+    X, Q = rng.standard_normal((50, 8)), rng.standard_normal((7, 8))
+    idx, dist = exact_knn(Q, X, k=5, block=3)  # blocks smaller than Q: the seams are exercised
+    full = np.linalg.norm(Q[:, None] - X[None], axis=-1)
+    np.testing.assert_array_equal(idx, np.argsort(full, axis=1)[:, :5])
+    np.testing.assert_allclose(dist, np.sort(full, axis=1)[:, :5], rtol=1e-4, atol=1e-5)
+    i_self, d_self = exact_knn(X, X, k=1)
+    assert (i_self[:, 0] == np.arange(50)).all() and np.allclose(d_self, 0, atol=1e-3)

@@ -94,7 +94,14 @@ def explain(text: str) -> None:
 def _explorer(ckpt: str, device: str, mtime: float):
     from core.explorer import Explorer
 
-    return Explorer.load(ckpt, device)
+    ex = Explorer.load(ckpt, device)
+    try:
+        ex.warm_up()  # the first upload then costs what every later one does
+    except Exception as e:  # noqa: BLE001 - only a speed-up: the app works without it
+        import logging
+
+        logging.getLogger(__name__).warning("warm-up skipped: %s", e)
+    return ex
 
 
 def checkpoint_problem(ckpt: Path) -> str | None:
@@ -230,6 +237,15 @@ def add_product(ex, name: str, product, decoded, errors: dict, generated: bool =
     prods[name] = entry
     st.session_state["current"] = name
     return entry
+
+
+def analysis(ex, entry: dict, missing: str = "mask"):
+    """`ex.analyze` of a session product, kept in its entry: every page and rerun reuses one forward pass."""
+    memo = entry.setdefault("analysis", {})
+    key = (id(ex.model), missing)
+    if key not in memo:
+        memo[key] = ex.analyze(entry["features"], missing=missing)
+    return memo[key]
 
 
 def current(required: bool = True) -> tuple[str, dict] | tuple[None, None]:

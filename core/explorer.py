@@ -133,6 +133,25 @@ class Explorer:
         model = load_model(checkpoint_dir, dev)
         return cls(model, Featurizer(backbone_config(checkpoint_dir), device=str(dev)), checkpoint_dir)
 
+    def warm_up(self) -> float:
+        """Run one small generated product (image, 2 s video with sound, table) through decode, features
+        and analyze, so the first real upload does not pay for lazy imports (OpenCV, PyAV) and first-call
+        kernel set-up. Returns the seconds it took."""
+        import time
+
+        from .synth import COLORS, draw_shape, spin_frames, tone, write_image, write_video
+
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="scale-warmup-") as tmp:
+            img = write_image(Path(tmp) / "w.png", draw_shape("circle", COLORS["red"], 224))
+            vid = write_video(Path(tmp) / "w.mp4", spin_frames("circle", COLORS["red"], 2.0, fps=6, size=128),
+                              fps=6, audio=tone(330.0, 2.0))
+            product = Product(id="warm-up", title="warm up", description="", attributes={"color": "red"},
+                              images=[str(img)], video=str(vid), audio=None, source="generated")
+            decoded = self.decode(product, use_video_soundtrack=True)
+            self.analyze(self.features(decoded))
+        return time.perf_counter() - t0
+
     @property
     def device(self) -> torch.device:
         return model_device(self.model)

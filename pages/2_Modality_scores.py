@@ -27,7 +27,7 @@ missing = st.segmented_control("Missing modalities", ["mask", "zero"], default="
                                help="mask: absent modalities are dropped (ours); zero: the authors' zero imputation, "
                                     "zero tokens that are attended to and enter S") or "mask"
 compare_zero = st.toggle("Show what zero imputation does to S (mask vs zero side by side)", key="scores_cmp_zero")
-a = ex.analyze(entry["features"], missing=missing)
+a = ak.analysis(ex, entry, missing)
 st.markdown(f"**{name}** · present: " + ak.present_badges(list(a.present)))
 
 c1, c2 = st.columns(2)
@@ -46,7 +46,7 @@ st.plotly_chart(bar, key="diag")
 data = {"product": name, "missing": missing, "modalities": list(MODALITIES), "present": a.present.tolist(),
         "S": ak.matrix_json(a.S), "S_prime": ak.matrix_json(a.S_prime)}
 if compare_zero:
-    other = ex.analyze(entry["features"], missing="zero" if missing == "mask" else "mask")
+    other = ak.analysis(ex, entry, "zero" if missing == "mask" else "mask")
     st.subheader("mask vs zero imputation")
     st.caption("Under zero imputation an absent modality still has a pooled feature (computed from zero tokens), so it "
                "gets a row in S and takes softmax weight from the real modalities.")
@@ -61,7 +61,7 @@ others = [n for n in ak.products() if n != name]
 if others:
     st.subheader("Side by side")
     cmp = st.selectbox("Compare with", others, key="compare")
-    b = ex.analyze(ak.products()[cmp]["features"], missing=missing)
+    b = ak.analysis(ex, ak.products()[cmp], missing)
     d1, d2 = st.columns(2)
     d1.plotly_chart(ak.matrix_figure(a.S, f"S · {name}"), key="S_a")
     d2.plotly_chart(ak.matrix_figure(b.S, f"S · {cmp}"), key="S_b")

@@ -60,7 +60,7 @@ with st.expander("Every subset (the values the Shapley sums are made of)"):
     st.dataframe(res.subset_table(), hide_index=True, width="stretch")
 
 st.subheader("Cross-modal attention in the joint co-transformer")
-a = ex.analyze(feats)
+a = ak.analysis(ex, entry)
 st.plotly_chart(ak.matrix_figure(a.attention, "Attention share: row = query modality, column = key modality",
                                  zmin=0, zmax=1, colorscale="Greens"), key="ct_att")
 st.caption("Averaged over heads, layers and the modality's tokens; each row sums to 1. Grey rows: absent modalities.")

@@ -217,3 +217,25 @@ def test_training_page_shows_the_log_and_evaluation_and_png_export(setup):
     no_exception(at)
     assert at.get("download_button") and (any(b.proto.label == "Figure (PNG)" for b in at.get("download_button"))
                                           or any("HTML only" in c.value for c in at.caption))
+
+
+def test_one_forward_pass_per_product_and_missing_mode():
+    """Pages share a product's analysis: revisiting Scores or the map does not rerun the model."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import appkit as ak
+
+    class CountingExplorer:
+        model = object()
+        calls: list = []
+
+        def analyze(self, feats, missing="mask"):
+            self.calls.append(missing)
+            return (feats["id"], missing)
+
+    ex, entry = CountingExplorer(), {"features": {"id": "p1"}}
+    assert ak.analysis(ex, entry) == ("p1", "mask")
+    assert ak.analysis(ex, entry, "mask") == ("p1", "mask")
+    assert ak.analysis(ex, entry, "zero") == ("p1", "zero")
+    assert ex.calls == ["mask", "zero"]

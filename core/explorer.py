@@ -445,16 +445,21 @@ def run(at):
 at = AppTest.from_file(os.path.join(root, "app.py"), default_timeout=600)
 run(at)
 out["cold_start_s"] = time.time() - t_start  # fresh interpreter: imports + model + backbones + first page
-at.switch_page("pages/1_Upload_and_inspect.py"); run(at)
-at.file_uploader(key="up_images").set_value([("product.png", open(media["image"], "rb").read(), "image/png")])
-at.file_uploader(key="up_video").set_value(("product.mp4", open(media["video"], "rb").read(), "video/mp4"))
-at.file_uploader(key="up_audio").set_value(("product.wav", open(media["audio"], "rb").read(), "audio/wav"))
-at.file_uploader(key="up_table_file").set_value(("table.csv", open(media["table"], "rb").read(), "text/csv"))
-at.text_input(key="up_title").input("Benchmark product"); run(at)
-at.button(key="up_submit").click()
-t_up = run(at)
-at.switch_page("pages/2_Modality_scores.py")
-out["upload_to_S_s"] = t_up + run(at)
+ups = []
+for rep in range(3):  # three separate products: the first, and the median a user meets
+    at.switch_page("pages/1_Upload_and_inspect.py"); run(at)
+    at.file_uploader(key="up_images").set_value([("product.png", open(media["image"], "rb").read(), "image/png")])
+    at.file_uploader(key="up_video").set_value(("product.mp4", open(media["video"], "rb").read(), "video/mp4"))
+    at.file_uploader(key="up_audio").set_value(("product.wav", open(media["audio"], "rb").read(), "audio/wav"))
+    at.file_uploader(key="up_table_file").set_value(("table.csv", open(media["table"], "rb").read(), "text/csv"))
+    at.text_input(key="up_title").input(f"Benchmark product {rep + 1}"); run(at)
+    at.button(key="up_submit").click()
+    t_up = run(at)
+    at.switch_page("pages/2_Modality_scores.py")
+    ups.append(t_up + run(at))
+out["upload_to_S_first_s"] = ups[0]
+out["upload_to_S_s"] = sorted(ups)[1]
+out["upload_to_S_runs_s"] = [round(u, 3) for u in ups]
 out["present"] = at.session_state["products"][at.session_state["current"]]["decoded"].present()
 sw = []
 for p in ["7_Training", "6_Retrieval", "2_Modality_scores", "7_Training", "2_Modality_scores"]:
@@ -484,9 +489,10 @@ def bench_app(checkpoint_dir: str | Path | None = None, catalog_size: int = 3000
               workdir: str | Path | None = None) -> dict:
     """Time the app the way a user meets it (Streamlit AppTest in a fresh interpreter, so script
     execution is measured, not browser painting): cold start to the home page with the model loaded;
-    uploading one product with all five modalities (image, 8 s video with sound, 8 s audio, table) to its
-    S matrix shown; switching pages with the cached model (median); the embedding map of `catalog_size`
-    products with PCA and UMAP (first time, then cached); the app process RSS.
+    uploading a product with all five modalities (image, 8 s video with sound, 8 s audio, table) to its
+    S matrix shown, three times as three products (the first and the median are reported); switching
+    pages with the cached model (median); the embedding map of `catalog_size` products with PCA and UMAP
+    (first time, then cached); the app process RSS.
 
     `checkpoint_dir`: default checkpoints/scale-shop3k-small; when it is missing, a randomly initialized
     `small` model is saved to a temp folder (same size and speed as the trained one). The map's catalog

@@ -49,6 +49,7 @@ class Catalog:
     titles: np.ndarray | None = None
     thumbnails: np.ndarray | None = None
     meta: dict = field(default_factory=dict)  # free-form strings (checkpoint name, missing mode)
+    center: np.ndarray | None = None  # (5, H) the model's fusion_center when it centres the fused sum
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -75,7 +76,8 @@ class Catalog:
           contrastive loss aligns across modalities (zeros where absent);
         - "cls:<modality>": its post-fusion first token, L2-normalized;
         - "sum:<m1>+<m2>+...": the authors' retrieval feature, the sum of the L2-normalized pooled
-          features of those modalities over the ones each product has.
+          features of those modalities over the ones each product has (each minus the model's
+          fusion center when it has one, as the fused embedding).
         """
         if kind == "fused":
             return self.fused
@@ -90,7 +92,9 @@ class Catalog:
             bad = [m for m in mods if m not in self.cls]
             if bad or not mods:
                 raise ScaleError(f"embedding kind {kind!r}: unknown modality {bad}. Fix: use names from {MODALITIES}.")
-            return sum(l2n(self.pooled[m]) for m in mods).astype(np.float32)
+            idx = [MODALITIES.index(m) for m in mods]
+            c = self.center if self.center is not None else np.zeros((len(MODALITIES), self.hidden), np.float32)
+            return sum((l2n(self.pooled[m]) - c[i]) * self.present[:, i, None] for m, i in zip(mods, idx)).astype(np.float32)
         raise ScaleError(f"unknown embedding kind {kind!r}. Fix: use 'fused', a modality name, "
                          "'cls:<modality>' or 'sum:<m1>+<m2>'.")
 
@@ -137,6 +141,8 @@ class Catalog:
             "meta_keys": np.asarray(list(self.meta), dtype=str),
             "meta_values": np.asarray([str(v) for v in self.meta.values()], dtype=str),
         }
+        if self.center is not None:
+            arrays["center"] = np.asarray(self.center, dtype=np.float32)
         for m in MODALITIES:
             arrays[f"pooled.{m}"] = self.pooled[m].astype(np.float16)
             arrays[f"cls.{m}"] = self.cls[m].astype(np.float16)
@@ -169,6 +175,7 @@ class Catalog:
             pooled={m: d[f"pooled.{m}"].astype(np.float32) for m in MODALITIES},
             cls={m: d[f"cls.{m}"].astype(np.float32) for m in MODALITIES},
             titles=d.get("titles"), thumbnails=d.get("thumbnails"),
+            center=d["center"].astype(np.float32) if "center" in d else None,
             meta=dict(zip(d.get("meta_keys", np.array([], dtype=str)).tolist(),
                           d.get("meta_values", np.array([], dtype=str)).tolist())),
         )
@@ -213,6 +220,22 @@ def forward_items(model: torch.nn.Module, items: Sequence[Mapping], missing: str
             model.train(was)
 
 
+def fusion_center(model: torch.nn.Module, items: Sequence[Mapping], batch_size: int = 64) -> torch.Tensor:
+    """(5, H): per modality, the mean L2-normalized fusion feature (pooled or cls, cfg.fusion) over the
+    items that have it (zeros for a modality none has). The trainer stores it in model.fusion_center."""
+    H = model.cfg.hidden
+    total, count = torch.zeros(len(MODALITIES), H, dtype=torch.float64), torch.zeros(len(MODALITIES), dtype=torch.float64)
+    for s in range(0, len(items), batch_size):
+        out = forward_items(model, items[s: s + batch_size])
+        source = out.pooled if model.cfg.fusion == "pooled" else out.cls
+        p = out.present.cpu()
+        for i, m in enumerate(MODALITIES):
+            x = torch.nn.functional.normalize(source[m].float().cpu(), dim=-1)[p[:, i]]
+            total[i] += x.double().sum(0)
+            count[i] += x.shape[0]
+    return (total / count.clamp(min=1)[:, None]).float()
+
+
 def embed_products(model: torch.nn.Module, items: Sequence[Mapping], batch_size: int = 64,
                    missing: str | None = None, progress=None) -> Catalog:
     """Embed feature dicts (each with "id"; optional "category"/"source"/"split" strings) into a Catalog.
@@ -240,4 +263,5 @@ def embed_products(model: torch.nn.Module, items: Sequence[Mapping], batch_size:
                    present=np.concatenate(present).astype(bool), fused=np.concatenate(fused),
                    pooled={m: np.concatenate(v) for m, v in pooled.items()},
                    cls={m: np.concatenate(v) for m, v in cls_.items()},
-                   meta={"missing": missing or model.cfg.missing})
+                   meta={"missing": missing or model.cfg.missing},
+                   center=model.fusion_center.float().cpu().numpy() if getattr(model.cfg, "center_fusion", False) else None)

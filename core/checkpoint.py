@@ -88,6 +88,7 @@ def load_checkpoint(directory: "str | Path", device: "str | torch.device" = "cpu
     state.update({name: state[src] for name, src in aliases.items() if src in state})
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model = SCALE(ModelConfig.from_dict(meta["model"]), pretrained=False)
+    state.setdefault("fusion_center", torch.zeros_like(model.fusion_center))  # saved before it existed: plain sum
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -73,7 +73,7 @@ def model_embeddings(checkpoint: str | Path, cache: FeatureCache, ids: list[str]
     model.eval()
     cat = embed_products(model, [dict(cache[i], id=i) for i in ids])
     per = {m: np.asarray(cat.pooled[m], dtype=np.float32) for m in MODALITIES}  # pre-fusion: the aligned spaces
-    return np.asarray(cat.fused, dtype=np.float32), per, np.asarray(cat.present, dtype=bool)
+    return np.asarray(cat.fused, dtype=np.float32), per, np.asarray(cat.present, dtype=bool), cat.center
 
 
 @torch.inference_mode()
@@ -123,9 +123,12 @@ def frozen_embeddings(cache: FeatureCache, ids: list[str], dim: int = 256,
     return fused, present
 
 
-def subset_sum(per: dict[str, np.ndarray], present: np.ndarray, modalities: tuple[str, ...]) -> np.ndarray:
-    """The authors' retrieval feature for a set of modalities: the sum of their L2-normalized features."""
-    return sum(l2n(per[m]) * present[:, INDEX[m], None] for m in modalities)
+def subset_sum(per: dict[str, np.ndarray], present: np.ndarray, modalities: tuple[str, ...],
+               center: np.ndarray | None = None) -> np.ndarray:
+    """The authors' retrieval feature for a set of modalities: the sum of their L2-normalized features,
+    each minus the model's fusion center when it has one (as its fused embedding)."""
+    c = np.zeros((len(MODALITIES), next(iter(per.values())).shape[1]), np.float32) if center is None else center
+    return sum((l2n(per[m]) - c[INDEX[m]]) * present[:, INDEX[m], None] for m in modalities)
 
 
 def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict[str, str] | None = None,
@@ -149,13 +152,13 @@ def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict
             fused, present = frozen_embeddings(cache, ids, modalities=sub)
             out["models"][f"frozen [{'+'.join(sub)}]"] = evaluate_embeddings(fused, None, present, labels, ids)
     for name, ck in models.items():
-        fused, per, present = model_embeddings(ck, cache, ids, device)
+        fused, per, present, center = model_embeddings(ck, cache, ids, device)
         out["models"][name] = evaluate_embeddings(fused, per, present, labels, ids)
         out["models"][name]["checkpoint"] = str(ck)
         if name == "SCALE":
             for sub in subsets:
                 out["models"][f"SCALE [{'+'.join(sub)}]"] = evaluate_embeddings(
-                    subset_sum(per, present, sub), None, present, labels, ids)
+                    subset_sum(per, present, sub, center), None, present, labels, ids)
     return out
 
 

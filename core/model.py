@@ -31,7 +31,8 @@ from .modalities import FEATURE_MODALITIES, MODALITIES, PRETEXT, TOKEN_MODALITIE
 class ScaleOutput:
     pooled: dict  # m -> (B, H) pooler output before fusion (zeros where absent under missing="mask")
     cls: dict  # m -> (B, H) the modality's first token after the JCT (zeros likewise)
-    fused: torch.Tensor  # (B, H) sum over present modalities of L2-normalized pooled[m] (or cls[m], cfg.fusion)
+    fused: torch.Tensor  # (B, H) sum over present modalities of L2-normalized pooled[m] (or cls[m], cfg.fusion),
+    # each minus its modality's fusion_center when cfg.center_fusion
     present: torch.Tensor  # (B, 5) bool, modality order of MODALITIES
     S: torch.Tensor  # (B, 5, 5) cosine of pooled features, NaN where a modality is absent (missing="mask")
     S_prime: torch.Tensor  # (B, 5, 5) harmonized weights, NaN likewise
@@ -62,6 +63,9 @@ class SCALE(nn.Module):
             self.logit_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("logit_scale", log_scale, persistent=False)
+        # per-modality mean of the L2-normalized fusion features over training products (set by the
+        # trainer with core.catalog.fusion_center); zeros = plain sum, as checkpoints saved without it
+        self.register_buffer("fusion_center", torch.zeros(len(MODALITIES), cfg.hidden))
         self.apply(self._init_weights)
         if pretrained and cfg.init_text_from_pretrained:
             sd, conf = pretrained_text_state(cfg.text_backbone)
@@ -101,7 +105,9 @@ class SCALE(nn.Module):
         # L2-normalized features of the present modalities so no modality dominates by norm. Which
         # features is cfg.fusion: "pooled" (pre-fusion, the contrastively aligned space; default) or "cls".
         source = pooled if cfg.fusion == "pooled" else cls
-        fused = sum(F.normalize(source[m], dim=-1) * present[:, i, None] for i, m in enumerate(MODALITIES))
+        center = self.fusion_center.to(present.device) if cfg.center_fusion else None
+        fused = sum((F.normalize(source[m], dim=-1) - (0.0 if center is None else center[i])) * present[:, i, None]
+                    for i, m in enumerate(MODALITIES))
 
         in_S = present if cfg.missing == "mask" else torch.ones_like(present)  # "zero": S over all 5
         S, S_prime, W = harmony(torch.stack([pooled[m] for m in MODALITIES], dim=1), in_S,

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from .backbones import resolve_device, set_offline
+from .catalog import fusion_center
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import get_config
 from .dataset import Collator, FeatureDataset, batch_to
@@ -40,6 +41,9 @@ from .records import read_manifest
 
 class TrainingStopped(Exception):
     """A non-finite loss: the run stops and the last good checkpoint stays."""
+
+
+CENTER_PRODUCTS = 1024  # training products whose mean features centre the fused embedding (SCALE.fusion_center)
 
 
 @dataclass
@@ -346,6 +350,14 @@ def train(a: TrainArgs) -> Path:
         if is_main:
             write_checkpoint(run, model, optimizer, scheduler, meta_now())
 
+    centered_at = {"step": -1}
+
+    def refresh_center() -> None:  # rank 0; DDP broadcasts buffers from rank 0 at the next forward
+        if is_main and cfg.center_fusion and centered_at["step"] != step:
+            pick = np.random.default_rng(a.seed).permutation(len(train_set))[:CENTER_PRODUCTS]
+            model.fusion_center.copy_(fusion_center(model, [train_set[int(i)] for i in np.sort(pick)], a.batch_size))
+            centered_at["step"] = step
+
     from tqdm import tqdm
     bar = tqdm(total=total, initial=step, unit="step", disable=not is_main, dynamic_ncols=True, desc="train")
     products_seen = 0
@@ -397,6 +409,7 @@ def train(a: TrainArgs) -> Path:
                     last_save = time.time()
             if in_epoch >= len(batches):
                 epoch, in_epoch = epoch + 1, 0
+                refresh_center()
                 if is_main and val_set is not None:
                     v = validate(model, val_set, cfg.missing, device, a.batch_size, a.seed)
                     metrics_f.write(json.dumps({"step": step, "epoch": epoch, "val": v}) + "\n")
@@ -409,6 +422,7 @@ def train(a: TrainArgs) -> Path:
         print(f"rank {rank}/{world}: finished {step} steps", file=sys.stderr)
         final = run / "final"
         if is_main:
+            refresh_center()
             save()
             tmp = run / f".tmp-final-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)

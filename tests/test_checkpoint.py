@@ -67,3 +67,20 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="missing"):
         load_checkpoint(tmp_path)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_fusion_center_round_trips_and_old_checkpoints_load_uncentered(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = SCALE(tiny())
+    model.fusion_center.normal_()
+    save_checkpoint(model, tmp_path / "c")
+    back = load_checkpoint(tmp_path / "c")
+    torch.testing.assert_close(back.fusion_center, model.fusion_center, atol=2e-3, rtol=2e-3)  # fp16 on disk is fine
+    path = tmp_path / "c" / "model.safetensors"  # rewrite it as saved before the center existed
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file({k: v for k, v in load_file(str(path)).items() if k != "fusion_center"}, str(path), metadata=meta)
+    assert torch.count_nonzero(load_checkpoint(tmp_path / "c").fusion_center) == 0

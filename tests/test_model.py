@@ -169,3 +169,28 @@ def test_minilm_init_reproduces_bert_layers():
     # the table encoder is its own copy (share_text_table=False) ...
     assert model.encoders["table"].embed is not model.encoders["text"].embed
     assert len(model.pretrained_names()) > 0
+
+
+def test_fused_embedding_subtracts_the_fusion_center():
+    from core.catalog import fusion_center
+
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = SCALE(cfg).eval()
+    items = products(4, cfg) + products(2, cfg, seed=1, mods=("text", "image"))
+    batch = collate(items, cfg, mask_prob=0.0)
+    plain = model.embed(batch)
+    assert torch.equal(model.fusion_center, torch.zeros(5, cfg.hidden))  # untrained: the plain sum
+    center = fusion_center(model, items, batch_size=4)
+    present = plain.present
+    # the mean over the products that have each modality: 6 for text and image, 4 for the others
+    for i, m in enumerate(MODALITIES):
+        rows = F.normalize(plain.pooled[m][present[:, i]], dim=-1)
+        torch.testing.assert_close(center[i], rows.mean(0), atol=1e-5, rtol=1e-4)
+    model.fusion_center.copy_(center)
+    out = model.embed(batch)
+    want = sum((F.normalize(plain.pooled[m], dim=-1) - center[i]) * present[:, i, None]
+               for i, m in enumerate(MODALITIES))
+    torch.testing.assert_close(out.fused, want, atol=1e-5, rtol=1e-4)
+    model.cfg.center_fusion = False  # the switch restores the plain sum
+    torch.testing.assert_close(model.embed(batch).fused, plain.fused)

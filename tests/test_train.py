@@ -56,6 +56,7 @@ def test_tiny_run_writes_metrics_and_loads(tiny_setup, tmp_path):
     assert len(vals) == 2 and "total" in vals[0]["val"]
     model = load_checkpoint(tmp_path / "run" / "final", "cpu")
     assert model.cfg.hidden == 64
+    assert torch.count_nonzero(model.fusion_center) > 0  # the trainer centres the fused embedding
 
 
 def test_torchrun_two_cpu_ranks(tiny_setup, tmp_path):

@@ -20,7 +20,8 @@ st.set_page_config(page_title="Retrieval · SCALE Explorer", layout="wide")
 s = ak.sidebar()
 st.title("Retrieval")
 ak.explain("The query is the current product restricted to the modalities you tick (the model runs on only those; "
-           "its embedding is the sum of their normalized pooled features, the authors' retrieval feature). It is "
+           "its embedding is the sum of their normalized pooled features, each minus its mean over the training "
+           "products: the model's fused embedding). It is "
            "compared by cosine with the chosen gallery embedding of every catalog product. ✅ marks products of the "
            "query's category.")
 ex = ak.require_explorer(s)

@@ -6,6 +6,7 @@ in the map follow the cosine similarities the model is trained with.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,10 @@ def fit_projection(X: np.ndarray, method: str = "umap", dim: int = 2, seed: int 
         reducer = umap.UMAP(n_components=dim, n_neighbors=k, min_dist=0.1, metric="euclidean", random_state=seed,
                             n_epochs=200, init="pca" if len(X) > dim + 2 else "random",
                             precomputed_knn=(idx, dist, None))
-        coords = np.asarray(reducer.fit_transform(X), dtype=np.float32)
+        with warnings.catch_warnings():  # it warns that its own transform is off: _KnnPlacer places new rows
+            warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+            warnings.filterwarnings("ignore", message="n_jobs value")
+            coords = np.asarray(reducer.fit_transform(X), dtype=np.float32)
         return Projection("umap", dim, coords, _KnnPlacer(X, coords, k))
     from sklearn.decomposition import PCA
 

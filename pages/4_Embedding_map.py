@@ -70,7 +70,8 @@ placed = []
 for pname, e in ak.products().items():
     if kind != "fused" and not e["decoded"].present()[kind]:
         continue
-    v = ex.embed(e["features"]) if kind == "fused" else l2n(ak.analysis(ex, e).pooled[kind][None])[0]
+    a = ak.analysis(ex, e)  # one forward pass per product, shared with the other pages
+    v = a.fused if kind == "fused" else l2n(a.pooled[kind][None])[0]
     xy = proj.transform(v[None])[0]
     placed.append({"product": pname, **{f"c{i}": float(c) for i, c in enumerate(xy)}})
     kw = dict(x=[xy[0]], y=[xy[1]], mode="markers+text", name=f"★ {pname}", text=[pname], textposition="top center",
@@ -102,7 +103,7 @@ else:
 nn_df = None
 if entry is not None:
     st.subheader(f"Nearest catalog neighbours of {name} ({kind})")
-    q = ex.embed(entry["features"]) if kind == "fused" else ak.analysis(ex, entry).pooled[kind]
+    q = ak.analysis(ex, entry).fused if kind == "fused" else ak.analysis(ex, entry).pooled[kind]
     if not np.any(q):
         st.caption(f"{name} has no {kind}.")
     else:

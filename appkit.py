@@ -90,6 +90,16 @@ def explain(text: str) -> None:
     st.caption(f"**What am I looking at?** {text}")
 
 
+def page(title: str, explanation: str, tab: str | None = None) -> Settings:
+    """Every page's opening: browser-tab title (`tab`, default `title`), the sidebar, the heading and the
+    "what am I looking at" line. Returns the sidebar's settings."""
+    st.set_page_config(page_title=f"{tab or title} · SCALE Explorer", layout="wide")
+    s = sidebar()
+    st.title(title)
+    explain(explanation)
+    return s
+
+
 # ---------------------------------------------------------------- cached heavy objects
 @st.cache_resource(show_spinner="Loading the model and the backbones (once per checkpoint and device)…")
 def _explorer(ckpt: str, device: str, mtime: float):

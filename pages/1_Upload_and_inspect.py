@@ -12,12 +12,10 @@ import streamlit as st
 
 import appkit as ak
 
-st.set_page_config(page_title="Upload and inspect · SCALE Explorer", layout="wide")
-s = ak.sidebar()
-st.title("Upload and inspect")
-ak.explain("Give the model a product: any subset of text, table, image(s), video and audio. Below, each modality "
-           "is shown the way the model receives it: the image's 7×7 region grid, the word pieces, the table's "
-           "key/value entities, the sampled video frames and the waveform with its log-mel spectrogram.")
+s = ak.page("Upload and inspect",
+            "Give the model a product: any subset of text, table, image(s), video and audio. Below, each modality "
+            "is shown the way the model receives it: the image's 7×7 region grid, the word pieces, the table's "
+            "key/value entities, the sampled video frames and the waveform with its log-mel spectrogram.")
 ex = ak.require_explorer(s)
 
 up_tab, ex_tab = st.tabs(["Upload files", "Example product"])

@@ -14,12 +14,11 @@ import appkit as ak
 from core.modalities import MODALITIES
 from core.explorer import read_train_log
 
-st.set_page_config(page_title="Modality scores · SCALE Explorer", layout="wide")
-s = ak.sidebar()
-st.title("Modality scores S and S′")
-ak.explain("S is the cosine similarity between the product's five pooled modality features (before fusion); "
-           "S′ = S ⊙ softmax(S) with rows L2-normalized are the weights SCALE puts on each pair's contrastive loss "
-           "(off-diagonal) and each modality's masked task (diagonal). Grey cells are absent modalities, not zeros.")
+s = ak.page("Modality scores S and S′",
+            "S is the cosine similarity between the product's five pooled modality features (before fusion); "
+            "S′ = S ⊙ softmax(S) with rows L2-normalized are the weights SCALE puts on each pair's contrastive loss "
+            "(off-diagonal) and each modality's masked task (diagonal). Grey cells are absent modalities, not zeros.",
+            tab="Modality scores")
 ex = ak.require_explorer(s)
 name, entry = ak.current()
 

@@ -13,13 +13,11 @@ import streamlit as st
 
 import appkit as ak
 
-st.set_page_config(page_title="Masked prediction · SCALE Explorer", layout="wide")
-s = ak.sidebar()
-st.title("Masked prediction")
-ak.explain("Hide parts of the product and let the model fill them in from everything else (its own modality and "
-           "the other four, through the joint co-transformer). Text tokens and table entities get top-5 word "
-           "pieces with probabilities next to the truth; image regions, video frames and audio patches get the "
-           "mean squared error of their reconstructed backbone feature (lower is better).")
+s = ak.page("Masked prediction",
+            "Hide parts of the product and let the model fill them in from everything else (its own modality and "
+            "the other four, through the joint co-transformer). Text tokens and table entities get top-5 word "
+            "pieces with probabilities next to the truth; image regions, video frames and audio patches get the "
+            "mean squared error of their reconstructed backbone feature (lower is better).")
 ex = ak.require_explorer(s)
 name, entry = ak.current()
 feats, d = entry["features"], entry["decoded"]

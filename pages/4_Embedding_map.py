@@ -16,13 +16,11 @@ from core.metrics import l2n
 from core.modalities import MODALITIES
 from core.projection import nearest
 
-st.set_page_config(page_title="Embedding map · SCALE Explorer", layout="wide")
-s = ak.sidebar()
-st.title("Embedding map")
-ak.explain("Each dot is a catalog product, placed by a 2-D/3-D projection of its embedding (fused, or one modality's "
-           "pooled feature). Products of one category should cluster. Your products (stars) are placed on the "
-           "fitted map with .transform, so the map never moves. Hover shows the title; thumbnails appear in the "
-           "detail panel for selected points (Plotly hover labels cannot show images).")
+s = ak.page("Embedding map",
+            "Each dot is a catalog product, placed by a 2-D/3-D projection of its embedding (fused, or one modality's "
+            "pooled feature). Products of one category should cluster. Your products (stars) are placed on the "
+            "fitted map with .transform, so the map never moves. Hover shows the title; thumbnails appear in the "
+            "detail panel for selected points (Plotly hover labels cannot show images).")
 ex = ak.require_explorer(s)
 cat, _ = ak.require_catalog(s, ex)
 

@@ -14,14 +14,12 @@ import streamlit as st
 import appkit as ak
 from core.contributions import modality_contributions
 
-st.set_page_config(page_title="Modality contributions · SCALE Explorer", layout="wide")
-s = ak.sidebar()
-st.title("Modality contributions")
-ak.explain("How much each modality of the current product contributes to (a) its mean cosine similarity with its "
-           "k nearest catalog neighbours and (b) how well it retrieves products of its own category (AP@10). "
-           "Shapley values are exact over every subset of the present modalities (they add up to the full "
-           "product's value); leave-one-out is the drop when only that modality is removed. The attention "
-           "matrix shows where each modality's tokens look inside the joint co-transformer.")
+s = ak.page("Modality contributions",
+            "How much each modality of the current product contributes to (a) its mean cosine similarity with its "
+            "k nearest catalog neighbours and (b) how well it retrieves products of its own category (AP@10). "
+            "Shapley values are exact over every subset of the present modalities (they add up to the full "
+            "product's value); leave-one-out is the drop when only that modality is removed. The attention "
+            "matrix shows where each modality's tokens look inside the joint co-transformer.")
 ex = ak.require_explorer(s)
 cat, _ = ak.require_catalog(s, ex)
 name, entry = ak.current()

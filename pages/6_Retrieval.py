@@ -16,14 +16,12 @@ from core.contributions import present_of
 from core.modalities import MODALITIES
 from core.projection import nearest
 
-st.set_page_config(page_title="Retrieval · SCALE Explorer", layout="wide")
-s = ak.sidebar()
-st.title("Retrieval")
-ak.explain("The query is the current product restricted to the modalities you tick (the model runs on only those; "
-           "its embedding is the sum of their normalized pooled features, each minus its mean over the training "
-           "products: the model's fused embedding). It is "
-           "compared by cosine with the chosen gallery embedding of every catalog product. ✅ marks products of the "
-           "query's category.")
+s = ak.page("Retrieval",
+            "The query is the current product restricted to the modalities you tick (the model runs on only those; "
+            "its embedding is the sum of their normalized pooled features, each minus its mean over the training "
+            "products: the model's fused embedding). It is "
+            "compared by cosine with the chosen gallery embedding of every catalog product. ✅ marks products of the "
+            "query's category.")
 ex = ak.require_explorer(s)
 cat, _ = ak.require_catalog(s, ex)
 name, entry = ak.current()

@@ -17,12 +17,10 @@ import appkit as ak
 from core.explorer import read_train_log
 from core.modalities import MODALITIES
 
-st.set_page_config(page_title="Training · SCALE Explorer", layout="wide")
-s = ak.sidebar()
-st.title("Training")
-ak.explain("How the checkpoint was trained: each pretext task's loss and the contrastive loss per step, the learning "
-           "rate schedule, the batch-mean S′ weights over steps, and the evaluation the checkpoint ships with "
-           "(metrics.json, card.md).")
+s = ak.page("Training",
+            "How the checkpoint was trained: each pretext task's loss and the contrastive loss per step, the learning "
+            "rate schedule, the batch-mean S′ weights over steps, and the evaluation the checkpoint ships with "
+            "(metrics.json, card.md).")
 src = st.text_input("Training log (folder or .jsonl)", value=str(s.ckpt_dir), key="tr_log",
                     help="the checkpoint's train_metrics.jsonl, or a run folder's metrics.jsonl")
 log = read_train_log(src)

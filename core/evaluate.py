@@ -20,10 +20,13 @@ import numpy as np
 import torch
 
 from .backbones import set_offline
+from .catalog import Catalog
 from .errors import ScaleError
 from .features import FeatureCache
 from .metrics import clustering, concat_pca, instance_recall, l2n, linear_probe, retrieval_scores
 from .modalities import INDEX, MODALITIES
+
+FROZEN_DIM = 256  # PCA width of the frozen baseline's concatenated backbone features
 
 CROSS_PAIRS = [("text", "image"), ("image", "text"), ("table", "image"), ("video", "text"), ("audio", "text")]
 
@@ -65,22 +68,22 @@ def evaluate_embeddings(fused: np.ndarray, per_modality: dict[str, np.ndarray] |
     return res
 
 
-def model_embeddings(checkpoint: str | Path, cache: FeatureCache, ids: list[str], device: str = "cpu"):
+def model_embeddings(checkpoint: str | Path, cache: FeatureCache, ids: list[str], device: str = "cpu") -> Catalog:
+    """The checkpoint's embeddings of `ids`: fused, per-modality pooled (pre-fusion: the aligned spaces),
+    present masks and its fusion centre."""
     from .catalog import embed_products
     from .checkpoint import load_checkpoint
 
     model = load_checkpoint(checkpoint, device)
     model.eval()
-    cat = embed_products(model, [dict(cache[i], id=i) for i in ids])
-    per = {m: np.asarray(cat.pooled[m], dtype=np.float32) for m in MODALITIES}  # pre-fusion: the aligned spaces
-    return np.asarray(cat.fused, dtype=np.float32), per, np.asarray(cat.present, dtype=bool), cat.center
+    return embed_products(model, [dict(cache[i], id=i) for i in ids])
 
 
 @torch.inference_mode()
-def frozen_embeddings(cache: FeatureCache, ids: list[str], dim: int = 256,
-                      modalities: tuple[str, ...] = MODALITIES) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone features with no training: MiniLM-L6 mean-pooled sentence vectors for text and table,
-    the image's global token, the mean video frame and the mean audio patch; concat + PCA."""
+def frozen_blocks(cache: FeatureCache, ids: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Backbone features with no training, one block per modality: MiniLM-L6 mean-pooled sentence vectors
+    for text and table, the image's global token, the mean video frame and the mean audio patch.
+    Returns (blocks m -> (N, D_m), present (N, 5)); `concat_pca` of some blocks is the frozen baseline."""
     from transformers import AutoModel
 
     from .backbones import text_model_dir
@@ -119,16 +122,7 @@ def frozen_embeddings(cache: FeatureCache, ids: list[str], dim: int = 256,
             v = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
             for (i, _), row in zip(chunk, v.numpy()):
                 blocks[m][i] = row
-    fused = concat_pca([blocks[m] for m in modalities], dim=dim)
-    return fused, present
-
-
-def subset_sum(per: dict[str, np.ndarray], present: np.ndarray, modalities: tuple[str, ...],
-               center: np.ndarray | None = None) -> np.ndarray:
-    """The authors' retrieval feature for a set of modalities: the sum of their L2-normalized features,
-    each minus the model's fusion center when it has one (as its fused embedding)."""
-    c = np.zeros((len(MODALITIES), next(iter(per.values())).shape[1]), np.float32) if center is None else center
-    return sum((l2n(per[m]) - c[INDEX[m]]) * present[:, INDEX[m], None] for m in modalities)
+    return blocks, present
 
 
 def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict[str, str] | None = None,
@@ -146,19 +140,19 @@ def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict
     models.update(compare or {})
     out: dict = {"manifest": str(manifest), "split": split, "products": len(ids), "categories": len(set(labels)), "models": {}}
     if frozen:
-        fused, present = frozen_embeddings(cache, ids)
-        out["models"]["frozen"] = evaluate_embeddings(fused, None, present, labels, ids)
-        for sub in subsets:
-            fused, present = frozen_embeddings(cache, ids, modalities=sub)
-            out["models"][f"frozen [{'+'.join(sub)}]"] = evaluate_embeddings(fused, None, present, labels, ids)
+        blocks, present = frozen_blocks(cache, ids)  # MiniLM runs once; each subset is only its own PCA
+        for name, sub in (("frozen", MODALITIES), *((f"frozen [{'+'.join(s)}]", s) for s in subsets)):
+            fused = concat_pca([blocks[m] for m in sub], dim=FROZEN_DIM)
+            out["models"][name] = evaluate_embeddings(fused, None, present, labels, ids)
     for name, ck in models.items():
-        fused, per, present, center = model_embeddings(ck, cache, ids, device)
-        out["models"][name] = evaluate_embeddings(fused, per, present, labels, ids)
+        cat = model_embeddings(ck, cache, ids, device)
+        present = np.asarray(cat.present, dtype=bool)
+        out["models"][name] = evaluate_embeddings(cat.fused, cat.pooled, present, labels, ids)
         out["models"][name]["checkpoint"] = str(ck)
         if name == "SCALE":
-            for sub in subsets:
+            for sub in subsets:  # the centred sum of those modalities, as the fused embedding
                 out["models"][f"SCALE [{'+'.join(sub)}]"] = evaluate_embeddings(
-                    subset_sum(per, present, sub, center), None, present, labels, ids)
+                    cat.embedding("sum:" + "+".join(sub)), None, present, labels, ids)
     return out
 
 

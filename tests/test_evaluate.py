@@ -25,7 +25,7 @@ def test_evaluate_on_unseen_manifest(tmp_path, featurizer):
         assert 0 <= f["mAP@10"] <= 100 and 0 <= f["P@1"] <= 100
         assert 0 <= r["clustering"]["nmi"] <= 100
     assert "text->image" in scale["retrieval"] and "R@1" in scale["instance"]["image->text"]
-    assert "frozen" not in res["models"]["frozen"].get("checkpoint", "")
+    assert "checkpoint" not in res["models"]["frozen"] and scale["checkpoint"] == str(s.checkpoint)
     assert (tmp_path / "t.md").read_text().count("\n") == len(res["models"]) + 2
 
 

@@ -64,10 +64,6 @@ class Catalog:
     def hidden(self) -> int:
         return int(self.fused.shape[1])
 
-    def index_of(self, pid: str) -> int | None:
-        hits = np.flatnonzero(self.ids == pid)
-        return int(hits[0]) if hits.size else None
-
     # ---------------------------------------------------------------- features for retrieval / maps
     def embedding(self, kind: str = "fused") -> np.ndarray:
         """(N, H) float32 rows for `kind`:

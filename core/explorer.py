@@ -28,7 +28,7 @@ import torch
 
 from .backbones import BackboneConfig, resolve_device, set_offline
 from .catalog import Catalog, collator_for, forward_items, model_device
-from .contributions import attention_shares, present_of, subset_features
+from .contributions import attention_shares, subset_features
 from .dataset import FEATURE_KEYS, ID_KEYS, batch_to
 from .errors import CheckpointError, MediaError, ScaleError
 from .featurize import Decoded, Featurizer
@@ -71,7 +71,6 @@ class MaskedResult:
     # m -> per-item MSE of the reconstruction (L_m,), and which items were masked (L_m,) bool
     item_error: dict[str, np.ndarray] = field(default_factory=dict)
     item_masked: dict[str, np.ndarray] = field(default_factory=dict)
-    recon: dict[str, np.ndarray] = field(default_factory=dict)  # m -> (L_m, D) reconstructed features
     drop_modality: str | None = None
 
     def rows(self) -> list[dict]:
@@ -155,9 +154,6 @@ class Explorer:
     @property
     def device(self) -> torch.device:
         return model_device(self.model)
-
-    def catalog_path(self) -> Path | None:
-        return self.checkpoint_dir / "catalog.npz" if self.checkpoint_dir else None
 
     # ---------------------------------------------------------------- products
     def product_from_inputs(self, title: str = "", description: str = "", table: "dict | str | bytes | None" = None,
@@ -349,13 +345,7 @@ class Explorer:
             n = len(feats[FEATURE_KEYS[m]])
             res.item_error[m] = p["error"][0, :n].float().cpu().numpy()
             res.item_masked[m] = p["masked"][0, :n].cpu().numpy().astype(bool)
-            res.recon[m] = p["recon"][0, :n].float().cpu().numpy()
         return res
-
-
-def present_list(feats: Mapping) -> list[str]:
-    """Present modalities of a features dict, in MODALITIES order."""
-    return present_of(feats)
 
 
 # ---------------------------------------------------------------- training logs
@@ -548,7 +538,9 @@ def bench_app(checkpoint_dir: str | Path | None = None, catalog_size: int = 3000
     (work / "t.csv").write_text("key,value\ncolor,Red\nshape,circle\nsize,M\nmaterial,Felt\n")
     media["table"] = str(work / "t.csv")
     env = dict(os.environ, SCALE_CHECKPOINT=str(ckpt), SCALE_CATALOG=str(catalog), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="" if device == "cpu" else os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+               TRANSFORMERS_OFFLINE="1")
+    if device == "cpu":  # hide any GPU; other devices keep the caller's CUDA_VISIBLE_DEVICES
+        env["CUDA_VISIBLE_DEVICES"] = ""
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-c", _BENCH_SCRIPT, str(root), repr(t0), json.dumps(media)],
                           cwd=root, env=env, capture_output=True, text=True, timeout=1200)

@@ -308,7 +308,7 @@ def train(a: TrainArgs) -> Path:
         raise ScaleError(f"{a.manifest}: no cached products in split {a.split!r}. Fix: check the split names.")
     train_set = FeatureDataset(cache, train_ids, drop=drop)
     # batching key: text length, and audio apart (its ~94 patches would pad the whole batch)
-    lengths = np.array([len(cache[i].get("text.ids", ())) + 100 * ("audio.patches" in cache[i]) for i in train_ids])
+    lengths = np.array([len(f.get("text.ids", ())) + 100 * ("audio.patches" in f) for f in map(cache.__getitem__, train_ids)])
     val_ids = select_ids(cache, products, a.val_split) if a.val_split else []
     val_set = FeatureDataset(cache, val_ids, drop=drop) if val_ids else None
 

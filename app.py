@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import appkit as ak
+from core.modalities import pattern
 
 st.set_page_config(page_title="SCALE Explorer", page_icon=":material/storefront:", layout="wide")
 s = ak.sidebar()
@@ -49,7 +50,7 @@ st.page_link("pages/7_Training.py", label="7 · Training: losses, learning rate,
 prods = ak.products()
 st.subheader("Products in this session")
 if prods:
-    st.dataframe([{"name": n, "id": e["product"].id, "present": ak.pattern_label(list(e["decoded"].present().values())),
+    st.dataframe([{"name": n, "id": e["product"].id, "present": pattern(list(e["decoded"].present().values())),
                    "generated": e["generated"], "problems": "; ".join(e["errors"].values())} for n, e in prods.items()],
                  hide_index=True, width="stretch")
 else:
@@ -57,7 +58,5 @@ else:
 if not problem and (s.ckpt_dir / "card.md").is_file():
     with st.expander("Model card (card.md)"):
         st.markdown((s.ckpt_dir / "card.md").read_text(encoding="utf-8", errors="replace"))
-if not problem:
-    ak.warm_umap()  # after the model is loaded, so it does not slow the cold start
 ak.downloads("session", {"checkpoint": str(s.ckpt_dir), "catalog": str(s.catalog_path), "examples": str(man),
                          "generated_examples": generated, "products": {n: e["product"].to_json() for n, e in prods.items()}})

@@ -21,6 +21,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ import streamlit as st
 
 from core.catalog import Catalog
 from core.errors import ScaleError
-from core.modalities import LETTERS, MODALITIES
+from core.modalities import MODALITIES
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "scale-shop3k-small"
@@ -416,24 +417,6 @@ def matrix_json(M: np.ndarray) -> list:
     return [[None if not np.isfinite(v) else round(float(v), 6) for v in row] for row in np.asarray(M, dtype=float)]
 
 
-def thumbnail_uri(path: str, size: int = 96) -> str | None:
-    """A small JPEG data URI of an image file (None if it cannot be read)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.convert("RGB").save(buf, format="JPEG", quality=80)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-    except (OSError, ValueError):
-        return None
-
-
-def pattern_label(row) -> str:
-    return "".join(LETTERS[m] if p else "-" for m, p in zip(MODALITIES, row))
-
-
 # ---------------------------------------------------------------- catalog-wide contributions
 def feature_source(s: Settings, cat: Catalog):
     """A FeatureCache holding the catalog's products (env SCALE_FEATURES, else cache/<manifest folder>), or None."""
@@ -453,53 +436,37 @@ def feature_source(s: Settings, cat: Catalog):
     return None
 
 
+class _LazyFeatures(Mapping):
+    """id -> features, read only when asked: the catalog-wide view samples a few products per category."""
+
+    def __init__(self, ids: list[str], fetch) -> None:
+        self._ids, self._fetch = ids, fetch
+
+    def __getitem__(self, pid: str):
+        return self._fetch(pid)
+
+    def __iter__(self):
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def catalog_wide(_ex, _cat: Catalog, key: str, per_category: int, max_categories: int, _s: Settings,
                  _progress=None) -> pd.DataFrame:
     """Mean Shapley (neighbour similarity) per modality per category; features from the cache when there
-    is one, else decoded and encoded from the manifest (bounded by the sampling)."""
+    is one, else decoded and encoded from the manifest. Either way only the sampled products are read."""
     from core.contributions import catalog_contributions
 
     cats = {str(i): str(c) for i, c in zip(_cat.ids, _cat.categories) if c}
     fc = feature_source(_s, _cat)
-    say = _progress or (lambda frac, text: None)
-    cb = lambda i, n: say(i / n, f"Shapley values: {i}/{n} products")  # noqa: E731
     if fc is not None:
-        src = {pid: fc[pid] for pid in cats if pid in fc}
+        ids, fetch = [pid for pid in cats if pid in fc], fc.__getitem__
     else:
-        prods, _ = products_of(_s)
-        by_cat: dict[str, list] = {}
-        for p in prods:
-            if p.id in cats:
-                by_cat.setdefault(cats[p.id], []).append(p)
-        rng = np.random.default_rng(0)
-        chosen = [p for c in sorted(by_cat, key=lambda c: (-len(by_cat[c]), c))[:max_categories]
-                  for p in rng.permutation(np.array(by_cat[c], dtype=object))[:per_category]]
-        src = {}
-        for i, p in enumerate(chosen):
-            say((i + 1) / max(len(chosen), 1) / 2, f"Encoding sampled products {i + 1}/{len(chosen)}")
-            src[p.id] = _ex.features(_ex.decode(p))
-        cb = lambda i, n: say(0.5 + i / n / 2, f"Shapley values: {i}/{n} products")  # noqa: E731
-    df = catalog_contributions(_ex.model, src, {k: cats[k] for k in src}, _cat, per_category=per_category,
-                               max_categories=max_categories, progress=cb)
-    return df
-
-
-@st.cache_resource(show_spinner=False)
-def warm_umap() -> bool:
-    """Compile UMAP's numba kernels in a background thread once per server (about 20 s of the first
-    UMAP map is compilation), so the Embedding map's first UMAP is mostly the fit itself."""
-    import threading
-
-    def work() -> None:
-        from core.projection import fit_projection
-
-        try:  # Linux threads are tasks: lowest priority, so requests of the user always come first
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (AttributeError, OSError):
-            pass
-
-        fit_projection(np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32), "umap")
-
-    threading.Thread(target=work, name="umap-warmup", daemon=True).start()
-    return True
+        by_id = {p.id: p for p in products_of(_s)[0] if p.id in cats}
+        ids, fetch = list(by_id), lambda pid: _ex.features(_ex.decode(by_id[pid]))
+    say = _progress or (lambda frac, text: None)
+    return catalog_contributions(_ex.model, _LazyFeatures(ids, fetch), {k: cats[k] for k in ids}, _cat,
+                                 per_category=per_category, max_categories=max_categories,
+                                 progress=lambda i, n: say(i / n, f"Shapley values: {i}/{n} products"))

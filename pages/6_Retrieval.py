@@ -36,7 +36,7 @@ k = c3.slider("Top k", 1, min(50, len(cat)), min(12, len(cat)), key="rt_k")
 if not keep:
     st.error("Pick at least one query modality.")
     st.stop()
-q = ex.embed(feats, keep)
+q = ak.analysis(ex, entry).fused if set(keep) == set(have) else ex.embed(feats, keep)  # all: the shared pass
 G = cat.embedding(gallery)
 idx, sc = nearest(q, G, k=k, exclude=cat.ids == product.id)
 hit = (cat.categories[idx] == product.category) if product.category else np.zeros(len(idx), bool)

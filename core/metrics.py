@@ -3,12 +3,13 @@
 Follows the M5Product toolkit's protocol (docs/SCALE.md section 8):
 
 - `retrieval_scores`: category-level retrieval, mAP@K and P@K (x100), dot-product scores,
-  the query's own id dropped from its ranking.
+  the query's own id dropped from its ranking; toolkit-exact by default (`protocol`).
 - `instance_recall`: instance-level cross-modal matching, Recall@K (x100), row i matches row i.
-- `linear_probe`: stratified k-fold logistic regression on standardized frozen embeddings.
+- `linear_probe`: logistic regression on frozen embeddings, nested k-fold cross-validation.
 - `clustering`: k-means, NMI and purity (x100).
 - `pca_project` / `concat_pca`: the "frozen backbone" baseline embedding.
 - `l2n`: safe row L2 normalization (zero rows stay zero).
+- `collapse_score`: mean cosine of rows to their mean direction (1.0 = collapsed feature).
 
 Ties: `retrieval_scores` ranks with a stable sort, so equal scores keep gallery order (as a
 top-k would, approximately); `instance_recall` counts ties against the query (pessimistic), so
@@ -36,6 +37,7 @@ __all__ = [
     "clustering",
     "pca_project",
     "concat_pca",
+    "collapse_score",
 ]
 
 
@@ -70,6 +72,9 @@ def _encode_pair(a: Sequence[Any], b: Sequence[Any]) -> tuple[np.ndarray, np.nda
     return codes[: len(a)], codes[len(a):]
 
 
+RETRIEVAL_PROTOCOLS = ("toolkit", "skip")
+
+
 def retrieval_scores(
     query: np.ndarray,
     gallery: np.ndarray,
@@ -79,19 +84,24 @@ def retrieval_scores(
     gallery_ids: Sequence[Any] | None = None,
     ks: Sequence[int] = (1, 5, 10),
     chunk: int = 512,
+    protocol: str = "toolkit",
 ) -> dict[str, float | int]:
-    """Category retrieval as the M5Product toolkit: returns {"mAP@K", "P@K"} (x100) for K in ks.
+    """Category retrieval: returns {"mAP@K", "P@K"} (x100) for K in ks, "queries", "queries_skipped".
 
     Scores are dot products (normalize beforehand for cosine). When ids are given, gallery items
-    with the query's id are dropped from that query's ranking. Positives are the remaining gallery
-    items sharing the query's label. Per query and K: k = min(K, #positives, #ranked);
-    P@K = hits in top k / k; AP@K = (1/#hits) * sum over hit positions i < k of
-    (hits so far / (i + 1)), 0 with no hits.
+    with the query's id are dropped from that query's ranking. Per query and K:
+    k = min(K, |pos_set|, #ranked); P@K = hits in top k / k; AP@K = (1/#hits) * sum over hit
+    positions i < k of (hits so far / (i + 1)), 0 with no hits.
 
-    Queries with no positive left in the gallery (k would be 0) are skipped, not counted as 0:
-    "queries" is the number of queries averaged over, "queries_skipped" the number skipped.
-    With no usable query, every score is NaN.
+    protocol="toolkit" (the M5Product toolkit's `evaluate_unit_v2.py`, the headline number):
+    pos_set is every item with the query's label, the query itself included, so |pos_set| is the
+    remaining gallery positives + 1; every query is counted, one with no other positive scores 0.
+    protocol="skip" (this project's earlier variant, kept as a labelled second row): pos_set
+    excludes the query, and queries without another positive are skipped. It reads higher.
+    With no query at all (or none usable under "skip"), every score is NaN.
     """
+    if protocol not in RETRIEVAL_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {RETRIEVAL_PROTOCOLS}, got {protocol!r}")
     q = _as_2d("query", query)
     g = _as_2d("gallery", gallery)
     if q.shape[1] != g.shape[1]:
@@ -110,6 +120,7 @@ def retrieval_scores(
         if len(query_ids) != nq or len(gallery_ids) != ng:  # type: ignore[arg-type]
             raise ValueError("query_ids / gallery_ids must match query / gallery rows")
         qi, gi = _encode_pair(query_ids, gallery_ids)  # type: ignore[arg-type]
+    toolkit = protocol == "toolkit"
 
     max_k = max(ks)
     ap_sum = {k: 0.0 for k in ks}
@@ -123,13 +134,13 @@ def retrieval_scores(
         if use_ids:
             keep = qi[start:stop, None] != gi[None, :]
         positive = (ql[start:stop, None] == gl[None, :]) & keep
-        n_pos = positive.sum(1)
+        n_pos = positive.sum(1) + (1 if toolkit else 0)  # toolkit: the query is in its own pos_set
         n_ranked = keep.sum(1)
         scores = np.where(keep, scores, -np.inf)
         top = np.argsort(-scores, axis=1, kind="stable")[:, :max_k]  # (C, <=max_k)
         rel = np.take_along_axis(positive, top, axis=1)  # dropped items are never positive
         width = rel.shape[1]
-        ok = n_pos > 0
+        ok = np.ones(len(n_pos), dtype=bool) if toolkit else n_pos > 0
         used += int(ok.sum())
         for K in ks:
             kk = np.minimum(np.minimum(K, n_pos), n_ranked)  # (C,)
@@ -199,21 +210,46 @@ def instance_recall(
 PROBE_GRID: tuple[tuple[bool, float], ...] = tuple((std, c) for std in (True, False) for c in (1.0, 10.0, 100.0))
 
 
+def _splitter(y: np.ndarray, folds: int, seed: int) -> StratifiedKFold | KFold:
+    """Stratified folds when the largest class can fill every fold, else shuffled plain folds."""
+    n_splits = min(int(folds), len(y))
+    if n_splits < 2:
+        raise ValueError("linear_probe needs folds >= 2")
+    _, kc = np.unique(y, return_counts=True)
+    if kc.max() >= n_splits:
+        return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return KFold(n_splits=n_splits, shuffle=True, random_state=seed)
+
+
+def _probe_fit_score(X: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, setting: tuple[bool, float],
+                     seed: int) -> float:
+    std, c = setting
+    if len(np.unique(y[tr])) < 2:  # cannot fit one class; predict it
+        return float((y[te] == y[tr][0]).mean())
+    head = LogisticRegression(max_iter=1000, C=c, random_state=seed)
+    clf = make_pipeline(StandardScaler(), head) if std else head
+    Xin = X if std else l2n(X)
+    clf.fit(Xin[tr], y[tr])
+    return float((clf.predict(Xin[te]) == y[te]).mean())
+
+
 def linear_probe(X: np.ndarray, y: Sequence[Any], folds: int = 5, seed: int = 0,
-                 grid: Sequence[tuple[bool, float]] = PROBE_GRID) -> dict[str, float | int]:
-    """Linear probe: (standardized or L2-normalized) features -> LogisticRegression(C), k-fold CV.
+                 grid: Sequence[tuple[bool, float]] = PROBE_GRID, inner_folds: int = 3) -> dict[str, float | int]:
+    """Linear probe with nested cross-validation: (standardized or L2-normalized) features ->
+    LogisticRegression(C).
 
-    Every (standardize, C) setting of `grid` is cross-validated on the same folds and the best is
-    reported with its setting ("setting"): measured on shop3k, the frozen baseline scores 29% with
-    standardization and 74% without, and SCALE the other way round, so one fixed recipe would rank
-    the preprocessing, not the embeddings.
+    Outer k-fold CV scores the probe; inside each outer training fold, an inner `inner_folds` CV
+    picks the (standardize, C) setting of `grid`, which is then refit on the whole outer training
+    fold and scored on its test fold, so no test fold ever chooses the setting it is scored with.
+    The grid exists because, measured on shop3k, the frozen baseline scores 29% with
+    standardization and 74% without, and SCALE the other way round. "settings" lists the chosen
+    setting per outer fold.
 
-    Classes with fewer than 2 members are dropped (reported as "dropped" samples). Uses
-    StratifiedKFold when the largest class has at least `folds` members (classes smaller than
-    `folds` are then missing from some test folds; sklearn's warning about it is silenced),
-    otherwise shuffled KFold. Folds are capped at the number of samples.
-    Returns accuracy mean/std (x100), "chance" (majority-class rate x100), "folds", "n",
-    "classes", "dropped".
+    Classes with fewer than 2 members are dropped (reported as "dropped" samples). Stratified
+    folds when the largest class has at least `folds` members (sklearn's warning about small
+    classes is silenced), otherwise shuffled KFold; folds are capped at the number of samples.
+    Returns accuracy mean/std over the outer folds (x100), "chance" (majority-class rate x100),
+    "folds", "n", "classes", "dropped", "settings".
     """
     X = _as_2d("X", X)
     y = np.asarray(y)
@@ -227,43 +263,31 @@ def linear_probe(X: np.ndarray, y: Sequence[Any], folds: int = 5, seed: int = 0,
     classes, kc = np.unique(yk, return_counts=True)
     if len(classes) < 2:
         raise ValueError("linear_probe needs at least 2 classes with 2 or more samples each")
-    n_splits = min(int(folds), len(yk))
-    if n_splits < 2:
-        raise ValueError("linear_probe needs folds >= 2")
-    if kc.max() >= n_splits:
-        splitter: StratifiedKFold | KFold = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    else:
-        splitter = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    splits = list(splitter.split(Xk, yk))
-    best: tuple[float, np.ndarray, tuple[bool, float]] | None = None
+    outer = list(_splitter(yk, folds, seed).split(Xk, yk))
+    accs: list[float] = []
+    chosen: list[str] = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*least populated class.*")
         warnings.filterwarnings("ignore", category=UserWarning)
-        for std, c in grid:
-            accs: list[float] = []
-            for tr, te in splits:
-                if len(np.unique(yk[tr])) < 2:  # cannot fit one class; predict it
-                    accs.append(float((yk[te] == yk[tr][0]).mean()))
-                    continue
-                head = LogisticRegression(max_iter=1000, C=c, random_state=seed)
-                clf = make_pipeline(StandardScaler(), head) if std else head
-                Xin = Xk if std else l2n(Xk)
-                clf.fit(Xin[tr], yk[tr])
-                accs.append(float((clf.predict(Xin[te]) == yk[te]).mean()))
-            a = np.asarray(accs)
-            if best is None or a.mean() > best[0]:
-                best = (float(a.mean()), a, (std, c))
-    assert best is not None
-    a = best[1]
+        for tr, te in outer:
+            setting = grid[0]
+            if len(grid) > 1 and len(tr) >= 2 * max(2, inner_folds):
+                inner = list(_splitter(yk[tr], inner_folds, seed + 1).split(Xk[tr], yk[tr]))
+                scores = [np.mean([_probe_fit_score(Xk[tr], yk[tr], itr, ite, g, seed) for itr, ite in inner])
+                          for g in grid]
+                setting = grid[int(np.argmax(scores))]  # first best on ties: grid order is the preference
+            accs.append(_probe_fit_score(Xk, yk, tr, te, setting, seed))
+            chosen.append(f"{'standardized' if setting[0] else 'l2-normalized'}, C={setting[1]:g}")
+    a = np.asarray(accs)
     return {
-        "setting": f"{'standardized' if best[2][0] else 'l2-normalized'}, C={best[2][1]:g}",
         "acc": 100.0 * float(a.mean()),
         "acc_std": 100.0 * float(a.std()),
         "chance": 100.0 * float(kc.max() / kc.sum()),
-        "folds": n_splits,
+        "folds": len(outer),
         "n": int(len(yk)),
         "classes": int(len(classes)),
         "dropped": dropped,
+        "settings": chosen,
     }
 
 
@@ -313,3 +337,16 @@ def concat_pca(blocks: Sequence[np.ndarray], dim: int = 256, seed: int = 0) -> n
     Z = np.concatenate([l2n(np.asarray(b, dtype=np.float64)) for b in mats], axis=1)
     mean, comp = pca_project(Z, dim, seed=seed)
     return ((Z - mean) @ comp.T).astype(np.float32)
+
+
+def collapse_score(X: np.ndarray) -> float:
+    """Mean cosine of each row to the rows' mean direction (rows L2-normalized first; zero rows left
+    out). 1.0 means every row points the same way: the feature says nothing about the product.
+    NaN with no usable row."""
+    X = _as_2d("X", X)
+    Z = l2n(np.asarray(X, dtype=np.float64))
+    Z = Z[np.linalg.norm(Z, axis=1) > 0]
+    if not len(Z):
+        return float("nan")
+    mean = l2n(Z.mean(0, keepdims=True))[0]
+    return float((Z @ mean).mean())

@@ -21,8 +21,9 @@ G_LABELS = ["A", "B", "A", "A", "B"]
 Q = np.array([[1.0]])
 
 
-def _reference(q, g, ql, gl, qi=None, gi=None, ks=(1, 5, 10)):
-    """Per-query loop, straight from the toolkit formula (test oracle for the vectorized code)."""
+def _reference(q, g, ql, gl, qi=None, gi=None, ks=(1, 5, 10), protocol="toolkit"):
+    """Per-query loop, straight from the toolkit formula (test oracle for the vectorized code).
+    "toolkit": the query is in its own pos_set and every query counts; "skip": the older variant."""
     ap = {k: [] for k in ks}
     pk = {k: [] for k in ks}
     for a in range(len(q)):
@@ -30,7 +31,7 @@ def _reference(q, g, ql, gl, qi=None, gi=None, ks=(1, 5, 10)):
         s = np.array([q[a] @ g[j] for j in idx])
         order = [idx[t] for t in np.argsort(-s, kind="stable")]
         rel = [gl[j] == ql[a] for j in order]
-        npos = sum(rel)
+        npos = sum(rel) + (protocol == "toolkit")
         if npos == 0:
             continue
         for K in ks:
@@ -47,7 +48,7 @@ def _reference(q, g, ql, gl, qi=None, gi=None, ks=(1, 5, 10)):
 
 def test_retrieval_hand_computed_fewer_positives_than_k():
     # Ranked relevance: A B A A B -> 1 0 1 1 0; 3 positives.
-    r = retrieval_scores(Q, G, ["A"], G_LABELS, ks=(1, 2, 5, 10))
+    r = retrieval_scores(Q, G, ["A"], G_LABELS, ks=(1, 2, 5, 10), protocol="skip")
     # K=1: k=1, top [1] -> P=1, AP=1.
     assert r["P@1"] == pytest.approx(100.0)
     assert r["mAP@1"] == pytest.approx(100.0)
@@ -66,7 +67,7 @@ def test_retrieval_hand_computed_fewer_positives_than_k():
 def test_retrieval_drops_query_own_id():
     # g0 is the query itself; dropped -> ranking g1 g2 g3 g4 = B A A B -> 0 1 1 0, 2 positives.
     ids = ["x", "a", "b", "c", "d"]
-    r = retrieval_scores(Q, G, ["A"], G_LABELS, query_ids=["x"], gallery_ids=ids, ks=(1, 5))
+    r = retrieval_scores(Q, G, ["A"], G_LABELS, query_ids=["x"], gallery_ids=ids, ks=(1, 5), protocol="skip")
     # K=1: k=1, top [0] -> P=0, AP=0.
     assert r["P@1"] == pytest.approx(0.0)
     assert r["mAP@1"] == pytest.approx(0.0)
@@ -74,29 +75,62 @@ def test_retrieval_drops_query_own_id():
     assert r["P@5"] == pytest.approx(50.0)
     assert r["mAP@5"] == pytest.approx(50.0)
     # Without ids the query's own copy would count (P@1 = 100).
-    assert retrieval_scores(Q, G, ["A"], G_LABELS, ks=(1,))["P@1"] == pytest.approx(100.0)
+    assert retrieval_scores(Q, G, ["A"], G_LABELS, ks=(1,), protocol="skip")["P@1"] == pytest.approx(100.0)
 
 
 def test_retrieval_fewer_ranked_than_k_and_mean_over_queries():
     # Gallery of 2 items, both label A. Query [1.0] ranks g0 (1.0), g1 (0.5).
     g = np.array([[1.0], [0.5]])
     # K=5: k = min(5, 2 positives, 2 ranked) = 2, top [1,1] -> P=1, AP=(1/2)(1/1 + 2/2)=1.
-    r = retrieval_scores(np.array([[1.0]]), g, ["A"], ["A", "A"], ks=(5,))
+    r = retrieval_scores(np.array([[1.0]]), g, ["A"], ["A", "A"], ks=(5,), protocol="skip")
     assert r["P@5"] == pytest.approx(100.0) and r["mAP@5"] == pytest.approx(100.0)
     # Gallery labels [A, B]. Query 1 [1.0], label A: ranks g0(A), g1(B); 1 positive -> k=1,
     #   top [1] -> P=1, AP=1.
     # Query 2 [-1.0], label A: scores -1.0, -0.5 -> ranks g1(B), g0(A); k=1, top [0] -> P=0, AP=0.
     # Query 3 label C: no positive -> skipped. Means over the 2 used queries: 50, 50.
     q = np.array([[1.0], [-1.0], [1.0]])
-    r2 = retrieval_scores(q, g, ["A", "A", "C"], ["A", "B"], ks=(5,))
+    r2 = retrieval_scores(q, g, ["A", "A", "C"], ["A", "B"], ks=(5,), protocol="skip")
     assert r2["queries"] == 2 and r2["queries_skipped"] == 1
     assert r2["P@5"] == pytest.approx(50.0)
     assert r2["mAP@5"] == pytest.approx(50.0)
 
 
 def test_retrieval_all_queries_skipped_gives_nan():
-    r = retrieval_scores(Q, G, ["Z"], G_LABELS, ks=(1,))
+    r = retrieval_scores(Q, G, ["Z"], G_LABELS, ks=(1,), protocol="skip")
     assert r["queries"] == 0 and np.isnan(r["mAP@1"])
+
+
+def test_toolkit_counts_the_query_in_its_own_positives():
+    # evaluate_unit_v2.py: pos_set holds every item of the label, the query included, and the query's
+    # id is not in its ranked list. g0 is the query: ranked g1..g4 = B A A B -> 0 1 1 0.
+    # |pos_set| = 2 gallery positives + the query = 3. K=5: k = min(5, 3, 4) = 3, top [0,1,1]:
+    # P = 2/3, AP = (1/2)(1/2 + 2/3) = 7/12. The "skip" variant used k = 2: P = 1/2, AP = 1/2.
+    ids = ["x", "a", "b", "c", "d"]
+    r = retrieval_scores(Q, G, ["A"], G_LABELS, query_ids=["x"], gallery_ids=ids, ks=(1, 5))
+    assert r["P@5"] == pytest.approx(100 * 2 / 3)
+    assert r["mAP@5"] == pytest.approx(100 * 7 / 12)
+    assert r["P@1"] == pytest.approx(0.0) and r["mAP@1"] == pytest.approx(0.0)
+
+
+def test_toolkit_counts_queries_without_another_positive_as_zero():
+    # Query 1 [1.0] label A ranks g0(A), g1(B): |pos_set| = 1 + 1 = 2, K=5 -> k = 2, top [1, 0]:
+    #   P = 1/2, AP = 1. Query 2 [-1.0] label A ranks g1(B), g0(A): k = 2, top [0, 1]: P = 1/2, AP = 1/2.
+    # Query 3 label C has no other positive: |pos_set| = 1, k = 1, top [0]: P = 0, AP = 0, and it
+    # is counted (the old variant skipped it and averaged over 2 queries).
+    g = np.array([[1.0], [0.5]])
+    q = np.array([[1.0], [-1.0], [1.0]])
+    r = retrieval_scores(q, g, ["A", "A", "C"], ["A", "B"], ks=(5,))
+    assert r["queries"] == 3 and r["queries_skipped"] == 0
+    assert r["P@5"] == pytest.approx(100 * (0.5 + 0.5 + 0) / 3)
+    assert r["mAP@5"] == pytest.approx(100 * (1 + 0.5 + 0) / 3)
+    # the older variant skipped query 3 and used k = 1: P@5 (1 + 0) / 2 reads higher
+    old = retrieval_scores(q, g, ["A", "A", "C"], ["A", "B"], ks=(5,), protocol="skip")
+    assert old["P@5"] == pytest.approx(50.0) and old["P@5"] > r["P@5"]
+
+
+def test_toolkit_singleton_category_scores_zero_not_nan():
+    r = retrieval_scores(Q, G, ["Z"], G_LABELS, ks=(1,))
+    assert r["queries"] == 1 and r["mAP@1"] == 0.0
 
 
 def test_retrieval_matches_loop_reference_and_is_chunk_invariant():
@@ -107,11 +141,12 @@ def test_retrieval_matches_loop_reference_and_is_chunk_invariant():
     gl = rng.integers(0, 5, 50).tolist()
     gi = [f"p{j}" for j in range(50)]
     qi = [f"p{j}" for j in rng.integers(0, 60, 37)]  # some ids present in the gallery, some not
-    ref = _reference(q, g, ql, gl, qi, gi)
-    for chunk in (1, 7, 1000):
-        r = retrieval_scores(q, g, ql, gl, qi, gi, chunk=chunk)
-        for key, v in ref.items():
-            assert r[key] == pytest.approx(v), (chunk, key)
+    for protocol in ("toolkit", "skip"):
+        ref = _reference(q, g, ql, gl, qi, gi, protocol=protocol)
+        for chunk in (1, 7, 1000):
+            r = retrieval_scores(q, g, ql, gl, qi, gi, chunk=chunk, protocol=protocol)
+            for key, v in ref.items():
+                assert r[key] == pytest.approx(v), (protocol, chunk, key)
 
 
 def test_retrieval_perfect_vs_shuffled():
@@ -244,3 +279,39 @@ def test_pca_project_and_concat_pca():
     assert np.allclose(comp @ comp.T, np.eye(8), atol=1e-8)
     with pytest.raises(ValueError):
         concat_pca([a, b[:10]])
+
+
+def test_linear_probe_is_nested_the_test_fold_never_picks_the_setting(monkeypatch):
+    # Record which rows every fit and score sees: under nesting, the rows an outer fold is scored on
+    # never take part in choosing that fold's setting.
+    import core.metrics as metrics
+
+    calls = []
+    real = metrics._probe_fit_score
+
+    def spy(X, y, tr, te, setting, seed):
+        calls.append((len(X), frozenset(tr.tolist()), frozenset(te.tolist())))
+        return real(X, y, tr, te, setting, seed)
+
+    monkeypatch.setattr(metrics, "_probe_fit_score", spy)
+    X, y = _blobs(20, 3, 6, 1.0, 11)
+    r = metrics.linear_probe(X, y, folds=4, seed=0, grid=((True, 1.0), (False, 10.0)), inner_folds=3)
+    n = len(y)
+    outer = [c for c in calls if c[0] == n]
+    inner = [c for c in calls if c[0] < n]
+    assert len(outer) == 4 and len(inner) == 4 * 3 * 2  # per outer fold: 3 inner folds x 2 settings
+    assert len(r["settings"]) == 4
+    # every inner fit sees at most the rows of one outer training fold (indices re-based, so check sizes)
+    train_sizes = {len(tr) for _, tr, _ in outer}
+    assert all(len(tr) + len(te) in train_sizes for _, tr, te in inner)
+
+
+def test_linear_probe_setting_is_chosen_inside_the_training_folds():
+    # One feature separates the classes only after standardization (it is tiny next to a huge
+    # useless one): the nested grid must pick "standardized" from the training folds alone.
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 40)
+    X = np.column_stack([1000 * rng.normal(size=80), 1e-3 * (y + 0.1 * rng.normal(size=80))])
+    r = linear_probe(X, y, folds=4, seed=0, grid=((False, 1.0), (True, 1.0)))
+    assert all(s.startswith("standardized") for s in r["settings"])
+    assert r["acc"] > 90

@@ -22,6 +22,7 @@ from .catalog import embed_products
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import ScaleError
 from .records import read_manifest
+from .splits import in_split
 
 
 def release(run: str | Path, manifest: str | Path, out: str | Path, cache_dir: str | None = None,
@@ -37,7 +38,7 @@ def release(run: str | Path, manifest: str | Path, out: str | Path, cache_dir: s
     cache = ensure_cache(manifest, cache_dir, "cpu", products=all_products)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, out, extra={"backbones": cache.backbones.to_dict(), "run": str(run)}, dtype=torch.float16)
-    products = [p for p in all_products if p.id in cache and (split == "all" or p.split == split)]
+    products = [p for p in all_products if p.id in cache and in_split(p.id, p.split, split)]
     items = [dict(cache[p.id], id=p.id, category=p.category or "", source=p.source or "", split=p.split or "")
              for p in products]
     cat = embed_products(load_checkpoint(out, "cpu"), items)  # embeddings of the fp16 weights that ship

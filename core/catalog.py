@@ -20,10 +20,9 @@ as unicode arrays, loaded with allow_pickle=False.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +49,7 @@ class Catalog:
     thumbnails: np.ndarray | None = None
     meta: dict = field(default_factory=dict)  # free-form strings (checkpoint name, missing mode)
     center: np.ndarray | None = None  # (5, H) the model's fusion_center when it centres the fused sum
+    weights: np.ndarray | None = None  # (5,) the model's fusion_weights (None: all ones)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -73,7 +73,7 @@ class Catalog:
         - "cls:<modality>": its post-fusion first token, L2-normalized;
         - "sum:<m1>+<m2>+...": the authors' retrieval feature, the sum of the L2-normalized pooled
           features of those modalities over the ones each product has (each minus the model's
-          fusion center when it has one, as the fused embedding).
+          fusion center when it has one and times its fusion weight, as the fused embedding).
         """
         if kind == "fused":
             return self.fused
@@ -90,7 +90,9 @@ class Catalog:
                 raise ScaleError(f"embedding kind {kind!r}: unknown modality {bad}. Fix: use names from {MODALITIES}.")
             idx = [MODALITIES.index(m) for m in mods]
             c = self.center if self.center is not None else np.zeros((len(MODALITIES), self.hidden), np.float32)
-            return sum((l2n(self.pooled[m]) - c[i]) * self.present[:, i, None] for m, i in zip(mods, idx)).astype(np.float32)
+            w = self.weights if self.weights is not None else np.ones(len(MODALITIES), np.float32)
+            return sum(w[i] * (l2n(self.pooled[m]) - c[i]) * self.present[:, i, None]
+                       for m, i in zip(mods, idx)).astype(np.float32)
         raise ScaleError(f"unknown embedding kind {kind!r}. Fix: use 'fused', a modality name, "
                          "'cls:<modality>' or 'sum:<m1>+<m2>'.")
 
@@ -139,6 +141,8 @@ class Catalog:
         }
         if self.center is not None:
             arrays["center"] = np.asarray(self.center, dtype=np.float32)
+        if self.weights is not None:
+            arrays["weights"] = np.asarray(self.weights, dtype=np.float32)
         for m in MODALITIES:
             arrays[f"pooled.{m}"] = self.pooled[m].astype(np.float16)
             arrays[f"cls.{m}"] = self.cls[m].astype(np.float16)
@@ -172,26 +176,13 @@ class Catalog:
             cls={m: d[f"cls.{m}"].astype(np.float32) for m in MODALITIES},
             titles=d.get("titles"), thumbnails=d.get("thumbnails"),
             center=d["center"].astype(np.float32) if "center" in d else None,
+            weights=d["weights"].astype(np.float32) if "weights" in d else None,
             meta=dict(zip(d.get("meta_keys", np.array([], dtype=str)).tolist(),
                           d.get("meta_values", np.array([], dtype=str)).tolist())),
         )
 
 
 # ---------------------------------------------------------------- running the model
-@contextlib.contextmanager
-def missing_mode(model: torch.nn.Module, missing: str | None) -> Iterator[None]:
-    """Run `model` under another missing-modality mode. The mode lives in model.cfg and is read at
-    forward time, so flipping it is enough (restored afterwards, also on error)."""
-    old = model.cfg.missing
-    if missing is not None and missing not in ("mask", "zero"):
-        raise ScaleError(f"missing must be 'mask' or 'zero', got {missing!r}")
-    model.cfg.missing = missing or old
-    try:
-        yield
-    finally:
-        model.cfg.missing = old
-
-
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -206,14 +197,13 @@ def collator_for(model: torch.nn.Module, missing: str | None = None) -> Collator
 def forward_items(model: torch.nn.Module, items: Sequence[Mapping], missing: str | None = None,
                   return_attention: bool = False):
     """One inference forward over feature dicts (no masking, no losses). Returns ScaleOutput."""
+    if missing is not None and missing not in ("mask", "zero"):
+        raise ScaleError(f"missing must be 'mask' or 'zero', got {missing!r}")
     batch = batch_to(collator_for(model, missing)([dict(it) for it in items]), model_device(model))
-    with missing_mode(model, missing), torch.inference_mode():
-        was = model.training
-        model.eval()
-        try:
-            return model(batch, return_attention=return_attention, compute_losses=False)
-        finally:
-            model.train(was)
+    if model.training:  # callers hand over eval models; the served one is shared and must stay unmutated
+        raise ScaleError("forward_items needs a model in eval mode. Fix: call model.eval() once after loading.")
+    with torch.inference_mode():
+        return model(batch, return_attention=return_attention, compute_losses=False, missing=missing)
 
 
 def fusion_center(model: torch.nn.Module, items: Sequence[Mapping], batch_size: int = 64) -> torch.Tensor:
@@ -221,8 +211,13 @@ def fusion_center(model: torch.nn.Module, items: Sequence[Mapping], batch_size: 
     items that have it (zeros for a modality none has). The trainer stores it in model.fusion_center."""
     H = model.cfg.hidden
     total, count = torch.zeros(len(MODALITIES), H, dtype=torch.float64), torch.zeros(len(MODALITIES), dtype=torch.float64)
-    for s in range(0, len(items), batch_size):
-        out = forward_items(model, items[s: s + batch_size])
+    was = model.training  # the trainer's own model, in its own process: eval for these passes only
+    model.eval()
+    try:
+        outs = [forward_items(model, items[s: s + batch_size]) for s in range(0, len(items), batch_size)]
+    finally:
+        model.train(was)
+    for out in outs:
         source = out.pooled if model.cfg.fusion == "pooled" else out.cls
         p = out.present.cpu()
         for i, m in enumerate(MODALITIES):
@@ -260,4 +255,5 @@ def embed_products(model: torch.nn.Module, items: Sequence[Mapping], batch_size:
                    pooled={m: np.concatenate(v) for m, v in pooled.items()},
                    cls={m: np.concatenate(v) for m, v in cls_.items()},
                    meta={"missing": missing or model.cfg.missing},
-                   center=model.fusion_center.float().cpu().numpy() if getattr(model.cfg, "center_fusion", False) else None)
+                   center=model.fusion_center.float().cpu().numpy() if getattr(model.cfg, "center_fusion", False) else None,
+                   weights=model.fusion_weights.float().cpu().numpy())

@@ -89,6 +89,8 @@ def load_checkpoint(directory: "str | Path", device: "str | torch.device" = "cpu
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model = SCALE(ModelConfig.from_dict(meta["model"]), pretrained=False)
     state.setdefault("fusion_center", torch.zeros_like(model.fusion_center))  # saved before it existed: plain sum
+    state.setdefault("fusion_weights", torch.ones_like(model.fusion_weights))  # likewise: equal weights
+    state.setdefault("center_count", torch.zeros_like(model.center_count))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -50,6 +50,26 @@ class ModelConfig:
     # a modality whose feature barely varies then adds little instead of one shared direction that pulls
     # together every product having it. Measured on shop3k val: see the checkpoint card.
     center_fusion: bool = True
+    # Pooled (pre-fusion) feature of each modality: "mean" = masked mean of the encoder's output tokens,
+    # "first" = its first token. MiniLM was trained for mean pooling, and a 1-layer table encoder's first
+    # token came out the same for every product before any training (cosine to its mean 1.0000).
+    pool: dict = field(default_factory=lambda: {"text": "mean", "table": "mean", "image": "first",
+                                                "video": "first", "audio": "first"})
+    # First token of video / audio: "mean" = the mean of the item features left after masking (plus a
+    # learned vector), as the authors prepend the mean frame / patch; "cls" = a learned constant, which
+    # started with cosine 0.996+ to its mean for every product.
+    first_item: str = "mean"
+    # Image global token: "masked" = mean of the regions left after MRP masking (as the authors); "given" =
+    # the cached mean of all 49 regions, which leaks the masked regions to MRP.
+    image_global: str = "masked"
+    # S on per-modality centred features: cos(l2n(f_i) - c_i, l2n(f_j) - c_j) with c = fusion_center. Raw
+    # pooled features share one narrow cone (S in 0.80-0.999 for every product), so S' weighted nothing.
+    center_harmony: bool = True
+    # Temperature of the softmax that turns S' into positive loss weights (harmonize="loss").
+    harmony_temperature: float = 1.0
+    # During training fusion_center follows the batches (running mean, then this momentum), so S is
+    # centred from the first epoch; the trainer still sets the exact mean after every epoch.
+    center_momentum: float = 0.99
 
     def __post_init__(self) -> None:
         if self.missing not in MISSING_MODES:
@@ -58,6 +78,15 @@ class ModelConfig:
             raise ValueError(f"harmonize must be one of {HARMONIZE_MODES}, got {self.harmonize!r}")
         if self.fusion not in ("pooled", "cls"):
             raise ValueError(f"fusion must be 'pooled' or 'cls', got {self.fusion!r}")
+        bad_pool = {m: v for m, v in self.pool.items() if v not in ("mean", "first")}
+        if bad_pool:
+            raise ValueError(f"pool values must be 'mean' or 'first', got {bad_pool}")
+        if self.first_item not in ("mean", "cls"):
+            raise ValueError(f"first_item must be 'mean' or 'cls', got {self.first_item!r}")
+        if self.image_global not in ("masked", "given"):
+            raise ValueError(f"image_global must be 'masked' or 'given', got {self.image_global!r}")
+        if not self.harmony_temperature > 0:
+            raise ValueError(f"harmony_temperature must be > 0, got {self.harmony_temperature}")
         if self.hidden % self.heads or self.hidden % (self.jct_heads or self.heads):
             raise ValueError(f"hidden {self.hidden} must be divisible by the number of heads")
 
@@ -65,9 +94,19 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict, legacy: bool = True) -> "ModelConfig":
+        """A config dict. legacy=True (a saved checkpoint's config): fields it predates take the
+        behaviour it was trained with (LEGACY); legacy=False: they take today's defaults."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        legacy = {k: v for k, v in LEGACY.items() if k not in d} if legacy else {}
+        return cls(**legacy, **{k: v for k, v in d.items() if k in known})
+
+
+# What a config saved before a field existed meant, so older checkpoints load unchanged.
+LEGACY: dict = {
+    "pool": {"text": "first", "table": "first", "image": "first", "video": "first", "audio": "first"},
+    "first_item": "cls", "image_global": "given", "center_harmony": False,
+}
 
 
 # `small` (the defaults): hidden 384 / 12 heads so text (and table) start from MiniLM-L6. Text keeps
@@ -94,5 +133,5 @@ def get_config(name_or_path: str = "small", **overrides) -> ModelConfig:
         if not path.is_file():
             raise ValueError(f"unknown model config {name_or_path!r}: use one of {sorted(PRESETS)} or a json file")
         d = json.loads(path.read_text())
-        cfg = ModelConfig.from_dict(d.get("model", d))
+        cfg = ModelConfig.from_dict(d.get("model", d), legacy="model" in d)  # a checkpoint's config.json
     return replace(cfg, **overrides)  # replace() re-runs the checks

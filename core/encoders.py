@@ -3,10 +3,13 @@ modality in an `nn.ModuleDict`, each = embedding stage -> transformer blocks -> 
 
 - text / table: word + position + type embeddings (type 0 text, 1 table as the authors' segment id),
   BERT-layout post-LN blocks, so the first k MiniLM-L6 layers load as they are.
-- image: Linear(1280) + Linear(5-d box); the first token is the global mean token of the features.
-- video / audio: Linear(dim) + learned position, with a learned CLS token prepended (`offset` = 1).
-Each pooler (Linear + tanh) reads the first token: the pre-fusion feature used by S and the
-contrastive loss.
+- image: Linear(1280) + Linear(5-d box); the first token is the global token: the mean of the regions
+  left after MRP masking (cfg.image_global="masked"; "given" keeps the cached mean of all 49, a leak).
+- video / audio: Linear(dim) + learned position, with one token prepended (`offset` = 1): the mean of
+  the items left after masking plus a learned vector (cfg.first_item="mean", the authors' mean frame /
+  patch), or a learned constant CLS ("cls").
+Each pooler (Linear + tanh) reads the first token or the masked mean of all tokens (cfg.pool): the
+pre-fusion feature used by S and the contrastive loss.
 """
 from __future__ import annotations
 
@@ -93,11 +96,22 @@ class TokenEmbedding(nn.Module):
         return self.drop(self.ln(x)), mask
 
 
-class FeatureEmbedding(nn.Module):
-    """Linear projection of backbone features (+ box), optional prepended CLS and learned positions."""
+def kept_mean(feats: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """feats (B, L, D), keep (B, L) bool -> (B, D) mean of the kept rows (zeros where none is kept)."""
+    k = keep.to(feats.dtype)[..., None]
+    return (feats * k).sum(1) / k.sum(1).clamp(min=1.0)
 
-    def __init__(self, cfg: ModelConfig, dim: int, box: bool = False, cls: bool = True) -> None:
+
+class FeatureEmbedding(nn.Module):
+    """Linear projection of backbone features (+ box), optional prepended first token and learned positions.
+
+    first: "cls" a learned constant; "mean" the mean of the unmasked items plus a learned vector;
+    "global" (image) item 0 is replaced by the mean of the unmasked items 1.. (recomputed after masking).
+    """
+
+    def __init__(self, cfg: ModelConfig, dim: int, box: bool = False, cls: bool = True, first: str = "cls") -> None:
         super().__init__()
+        self.first = first
         self.proj = nn.Linear(dim, cfg.hidden)
         self.box = nn.Linear(cfg.box_dim, cfg.hidden) if box else None
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.hidden)) if cls else None
@@ -106,11 +120,18 @@ class FeatureEmbedding(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, inp: dict, mask: torch.Tensor, type_id: int = 0):
-        x = self.proj(inp["feats"])  # (B, L, H)
+        feats = inp["feats"]  # (B, L, D), masked items already zeroed
+        keep = mask & ~inp["masked"] if "masked" in inp else mask  # items the model may see
+        if self.first == "global":  # the global token must not carry the masked regions
+            feats = torch.cat([kept_mean(feats[:, 1:], keep[:, 1:])[:, None], feats[:, 1:]], dim=1)
+        x = self.proj(feats)  # (B, L, H)
         if self.box is not None:
             x = x + self.box(inp["boxes"])
         if self.cls is not None:
-            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + L, H)
+            head = self.cls.expand(x.shape[0], -1, -1)  # (B, 1, H)
+            if self.first == "mean":
+                head = head + self.proj(kept_mean(feats, keep))[:, None]
+            x = torch.cat([head, x], dim=1)  # (B, 1 + L, H)
             mask = torch.cat([mask[:, :1], mask], dim=1)  # CLS is valid where the first item is
             if x.shape[1] > self.position.num_embeddings:
                 raise ScaleError(f"{x.shape[1] - 1} items exceed max_items {self.position.num_embeddings - 1}. "
@@ -122,11 +143,12 @@ class FeatureEmbedding(nn.Module):
 class ModalityEncoder(nn.Module):
     """embed -> blocks -> pooler. `offset`: tokens prepended before the modality's own items."""
 
-    def __init__(self, embed: nn.Module, blocks: nn.ModuleList, hidden: int, type_id: int = 0, offset: int = 0) -> None:
+    def __init__(self, embed: nn.Module, blocks: nn.ModuleList, hidden: int, type_id: int = 0, offset: int = 0,
+                 pool: str = "first") -> None:
         super().__init__()
         self.embed, self.blocks = embed, blocks
         self.pooler = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
-        self.type_id, self.offset = type_id, offset
+        self.type_id, self.offset, self.pool_mode = type_id, offset, pool
 
     def forward(self, inp: dict, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """inp: the batch entry of this modality; mask (B, L). Returns states (B, offset + L, H) and their mask."""
@@ -136,23 +158,29 @@ class ModalityEncoder(nn.Module):
             x, _ = blk(x, attn)
         return x, mask
 
-    def pool(self, states: torch.Tensor) -> torch.Tensor:
-        return self.pooler(states[:, 0])  # (B, H)
+    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """states (B, T, H), mask (B, T) -> (B, H): the pooler on the first token or the masked token mean."""
+        x = states[:, 0] if self.pool_mode == "first" else kept_mean(states, mask)
+        return self.pooler(x)
 
 
 def build_encoders(cfg: ModelConfig) -> nn.ModuleDict:
     H = cfg.hidden
+    pool = lambda m: cfg.pool.get(m, "first")  # noqa: E731
     enc = nn.ModuleDict()
-    enc["text"] = ModalityEncoder(TokenEmbedding(cfg), make_blocks(cfg, cfg.layers["text"]), H, type_id=0)
+    enc["text"] = ModalityEncoder(TokenEmbedding(cfg), make_blocks(cfg, cfg.layers["text"]), H, type_id=0,
+                                  pool=pool("text"))
     if cfg.share_text_table:  # same embedding and layers (authors' code); own pooler
-        enc["table"] = ModalityEncoder(enc["text"].embed, enc["text"].blocks, H, type_id=1)
+        enc["table"] = ModalityEncoder(enc["text"].embed, enc["text"].blocks, H, type_id=1, pool=pool("table"))
     else:
-        enc["table"] = ModalityEncoder(TokenEmbedding(cfg), make_blocks(cfg, cfg.layers["table"]), H, type_id=1)
-    enc["image"] = ModalityEncoder(FeatureEmbedding(cfg, cfg.feature_dims["image"], box=True, cls=False),
-                                   make_blocks(cfg, cfg.layers["image"]), H)
+        enc["table"] = ModalityEncoder(TokenEmbedding(cfg), make_blocks(cfg, cfg.layers["table"]), H, type_id=1,
+                                       pool=pool("table"))
+    image_first = "global" if cfg.image_global == "masked" else "cls"
+    enc["image"] = ModalityEncoder(FeatureEmbedding(cfg, cfg.feature_dims["image"], box=True, cls=False, first=image_first),
+                                   make_blocks(cfg, cfg.layers["image"]), H, pool=pool("image"))
     for m in ("video", "audio"):
-        enc[m] = ModalityEncoder(FeatureEmbedding(cfg, cfg.feature_dims[m]), make_blocks(cfg, cfg.layers[m]), H,
-                                 offset=1)
+        enc[m] = ModalityEncoder(FeatureEmbedding(cfg, cfg.feature_dims[m], first=cfg.first_item),
+                                 make_blocks(cfg, cfg.layers[m]), H, offset=1, pool=pool(m))
     return enc
 
 

@@ -1,6 +1,9 @@
 """Self-harmonization (SCALE.md section 5): the per-sample score matrix S and its weights S'.
 
-S[b]_ij = cos(f_i, f_j) over the 5 pooled (pre-fusion) features; S'[b] = S[b] * softmax(S[b], -1),
+S[b]_ij = cos(f_i, f_j) over the 5 pooled (pre-fusion) features, each L2-normalized and, by default
+(cfg.center_harmony), minus its modality's mean over training products (the model's fusion_center):
+raw pooled features of all modalities share one narrow cone, which put S in 0.80-0.999 for every
+product. S'[b] = S[b] * softmax(S[b], -1),
 rows L2-normalized (authors' code). The softmax and the normalization run over the present
 modalities only; absent rows and columns are NaN in the returned matrices (for display) and zero
 in the loss weights.
@@ -29,9 +32,13 @@ def _pairs(present: torch.Tensor) -> torch.Tensor:
     return present[:, :, None] & present[:, None, :]  # (B, M, M)
 
 
-def score_matrix(pooled: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """pooled (B, M, D), present (B, M) bool -> S (B, M, M) cosine; NaN where a modality is absent."""
+def score_matrix(pooled: torch.Tensor, present: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    """pooled (B, M, D), present (B, M) bool -> S (B, M, M) cosine; NaN where a modality is absent.
+    center (M, D): S_ij = cos(l2n(f_i) - c_i, l2n(f_j) - c_j), the agreement beyond what every
+    product's modality i and j share."""
     z = F.normalize(pooled, dim=-1)
+    if center is not None:
+        z = F.normalize(z - center.to(z.dtype), dim=-1)
     S = z @ z.transpose(1, 2)  # (B, M, M)
     return S.masked_fill(~_pairs(present), float("nan"))
 
@@ -45,31 +52,33 @@ def harmonized(S: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return Sp.masked_fill(~pairs, float("nan"))
 
 
-def positive_weights(Sp: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """S' (B, M, M) -> loss weights: per sample, n * softmax over the n present pairs i < j (upper
-    triangle, mirrored) and m * softmax over the m present diagonal entries; zeros where absent."""
+def positive_weights(Sp: torch.Tensor, present: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """S' (B, M, M) -> loss weights: per sample, n * softmax(S'/temperature) over the n present pairs
+    i < j (upper triangle, mirrored) and m * the same over the m present diagonal entries; zeros where absent."""
     B, M, _ = Sp.shape
     pairs = _pairs(present)
     upper = torch.triu(torch.ones(M, M, dtype=torch.bool, device=Sp.device), diagonal=1)
     diag = torch.eye(M, dtype=torch.bool, device=Sp.device)
     W = torch.zeros_like(Sp)
     for sel in (pairs & upper, pairs & diag):
-        logits = torch.nan_to_num(Sp, nan=0.0).masked_fill(~sel, float("-inf")).flatten(1)  # (B, M*M)
+        logits = (torch.nan_to_num(Sp, nan=0.0) / temperature).masked_fill(~sel, float("-inf")).flatten(1)  # (B, M*M)
         n = sel.flatten(1).sum(1, keepdim=True)  # (B, 1)
         w = torch.nan_to_num(logits.softmax(-1), nan=0.0) * n  # rows with no entry stay 0
         W = W + w.view(B, M, M)
     return W + torch.triu(W, diagonal=1).transpose(1, 2)
 
 
-def harmony(pooled: torch.Tensor, present: torch.Tensor, mode: str = "loss", detach: bool = True):
+def harmony(pooled: torch.Tensor, present: torch.Tensor, mode: str = "loss", detach: bool = True,
+            center: torch.Tensor | None = None, temperature: float = 1.0):
     """Returns S, S' (NaN where absent, detached, for display) and the weights (B, M, M) used by the
-    losses (zeros where absent; all ones for mode "none"; pairs read [b, i, j] with i < j, tasks [b, i, i])."""
-    S = score_matrix(pooled, present)
+    losses (zeros where absent; all ones for mode "none"; pairs read [b, i, j] with i < j, tasks [b, i, i]).
+    center (M, D): S on centred features (score_matrix); temperature: of the "loss" weights' softmax."""
+    S = score_matrix(pooled, present, center)
     Sp = harmonized(S, present)
     if mode == "none":
         W = torch.ones_like(S)
     elif mode == "loss":
-        W = positive_weights(Sp, present)
+        W = positive_weights(Sp, present, temperature)
         W = W.detach() if detach else W
     else:
         W = torch.nan_to_num(Sp, nan=0.0)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config import MISSING_MODES, ModelConfig
 from .contrastive import contrastive_loss
 from .encoders import build_encoders, load_bert_into, pretrained_text_state
 from .harmonize import harmony
@@ -36,6 +36,7 @@ class ScaleOutput:
     present: torch.Tensor  # (B, 5) bool, modality order of MODALITIES
     S: torch.Tensor  # (B, 5, 5) cosine of pooled features, NaN where a modality is absent (missing="mask")
     S_prime: torch.Tensor  # (B, 5, 5) harmonized weights, NaN likewise
+    weights: torch.Tensor | None = None  # (B, 5, 5) the loss weights from S' (detached; 0 where absent)
     losses: dict = field(default_factory=dict)  # mlm mem mrp mfp mam contrastive cl_<mi>_<mj> total
     # only when forward(predict=True) (default in eval mode):
     # mlm/mem: index (N, 2) (b, l) masked positions, topk_ids / topk_probs (N, k), labels (N,)
@@ -64,8 +65,12 @@ class SCALE(nn.Module):
         else:
             self.register_buffer("logit_scale", log_scale, persistent=False)
         # per-modality mean of the L2-normalized fusion features over training products (set by the
-        # trainer with core.catalog.fusion_center); zeros = plain sum, as checkpoints saved without it
+        # trainer with core.catalog.fusion_center, followed as a running mean while training); zeros =
+        # plain sum, as checkpoints saved without it
         self.register_buffer("fusion_center", torch.zeros(len(MODALITIES), cfg.hidden))
+        self.register_buffer("center_count", torch.zeros(()))  # batches folded into the running centre
+        # per-modality weight of the fused sum, fitted on dev after training (core.fusion); ones = plain sum
+        self.register_buffer("fusion_weights", torch.ones(len(MODALITIES)))
         self.apply(self._init_weights)
         if pretrained and cfg.init_text_from_pretrained:
             sd, conf = pretrained_text_state(cfg.text_backbone)
@@ -86,43 +91,67 @@ class SCALE(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, batch: dict, return_attention: bool = False, compute_losses: bool = True,
-                predict: bool | None = None) -> ScaleOutput:
+                predict: bool | None = None, missing: str | None = None) -> ScaleOutput:
         """predict: also fill `predictions` (MLM/MEM top-k, MRP/MFP/MAM full reconstructions); default: in
-        eval mode only, since training runs the feature heads on the masked items alone."""
+        eval mode only, since training runs the feature heads on the masked items alone.
+        missing: "mask" | "zero" for this call (None: cfg.missing). An argument, never a change to the
+        model, since one model serves many sessions at once; build the batch with the same mode."""
         cfg = self.cfg
+        missing = cfg.missing if missing is None else missing
+        if missing not in MISSING_MODES:
+            raise ValueError(f"missing must be one of {MISSING_MODES}, got {missing!r}")
         predict = not self.training if predict is None else predict
         present = torch.stack([batch[m]["present"] for m in MODALITIES], dim=1)  # (B, 5)
         states, masks, pooled = {}, {}, {}
         for i, m in enumerate(MODALITIES):
             p = present[:, i, None]
             # missing="mask": absent tokens are never attended; "zero": absent zero tokens are attended
-            mask = batch[m]["mask"] & p if cfg.missing == "mask" else batch[m]["mask"] | ~p
+            mask = batch[m]["mask"] & p if missing == "mask" else batch[m]["mask"] | ~p
             states[m], masks[m] = self.encoders[m](batch[m], mask)  # (B, L_m, H), (B, L_m)
-            pooled[m] = self.encoders[m].pool(states[m])  # (B, H)
+            pooled[m] = self.encoders[m].pool(states[m], masks[m])  # (B, H)
         outs, token_mask, token_type, attention = self.jct(states, masks, return_attention)
         cls = {m: outs[m][:, 0] for m in MODALITIES}
         # Fused product embedding: the authors retrieve with the sum of modality features; we sum the
         # L2-normalized features of the present modalities so no modality dominates by norm. Which
         # features is cfg.fusion: "pooled" (pre-fusion, the contrastively aligned space; default) or "cls".
         source = pooled if cfg.fusion == "pooled" else cls
+        if self.training and cfg.center_fusion:
+            self._follow_center(source, present)
         center = self.fusion_center.to(present.device) if cfg.center_fusion else None
-        fused = sum((F.normalize(source[m], dim=-1) - (0.0 if center is None else center[i])) * present[:, i, None]
+        w = self.fusion_weights.to(present.device)
+        fused = sum(w[i] * (F.normalize(source[m], dim=-1) - (0.0 if center is None else center[i])) * present[:, i, None]
                     for i, m in enumerate(MODALITIES))
 
-        in_S = present if cfg.missing == "mask" else torch.ones_like(present)  # "zero": S over all 5
+        in_S = present if missing == "mask" else torch.ones_like(present)  # "zero": S over all 5
+        # S on centred features needs the centre of the pooled features (the fusion centre when fusion is pooled)
+        s_center = self.fusion_center if cfg.center_harmony and cfg.center_fusion and cfg.fusion == "pooled" else None
         S, S_prime, W = harmony(torch.stack([pooled[m] for m in MODALITIES], dim=1), in_S,
-                                cfg.harmonize, cfg.detach_harmony)
-        result = ScaleOutput(pooled=pooled, cls=cls, fused=fused, present=present, S=S, S_prime=S_prime,
+                                cfg.harmonize, cfg.detach_harmony, center=s_center,
+                                temperature=cfg.harmony_temperature)
+        result = ScaleOutput(pooled=pooled, cls=cls, fused=fused, present=present, S=S, S_prime=S_prime, weights=W.detach(),
                              attention=attention, token_type=token_type if return_attention else None,
                              token_mask=token_mask if return_attention else None)
         if compute_losses:
-            self._losses(batch, outs, pooled, in_S, W, result, predict)
-        if cfg.missing == "mask":  # outputs of absent modalities are undefined: show zeros
+            self._losses(batch, outs, pooled, in_S, W, result, predict, missing)
+        if missing == "mask":  # outputs of absent modalities are undefined: show zeros
             result.pooled = {m: torch.where(present[:, i, None], x, 0.0) for i, (m, x) in enumerate(pooled.items())}
             result.cls = {m: torch.where(present[:, i, None], x, 0.0) for i, (m, x) in enumerate(cls.items())}
         return result
 
-    def _losses(self, batch, outs, pooled, in_S, W, result: ScaleOutput, predict: bool) -> None:
+    @torch.no_grad()
+    def _follow_center(self, source: dict, present: torch.Tensor) -> None:
+        """Training only: fold this batch's mean L2-normalized feature per modality into fusion_center
+        (a plain running mean for the first batches, then an exponential one)."""
+        n = float(self.center_count)
+        keep = min(n / (n + 1.0), self.cfg.center_momentum)
+        for i, m in enumerate(MODALITIES):
+            rows = present[:, i]
+            if bool(rows.any()):
+                mean = F.normalize(source[m].detach().float(), dim=-1)[rows].mean(0)
+                self.fusion_center[i].mul_(keep).add_(mean.to(self.fusion_center.dtype), alpha=1.0 - keep)
+        self.center_count += 1
+
+    def _losses(self, batch, outs, pooled, in_S, W, result: ScaleOutput, predict: bool, missing: str) -> None:
         cfg = self.cfg
         mode = cfg.harmonize
         weight = W if mode == "loss" else None
@@ -142,15 +171,15 @@ class SCALE(nn.Module):
             if pred:
                 preds[task] = pred
         temperature = 1.0 / self.logit_scale.exp().clamp(max=100.0)
-        losses["contrastive"], per_pair = contrastive_loss(pooled, in_S, cfg.missing == "mask", temperature, weight, scale)
+        losses["contrastive"], per_pair = contrastive_loss(pooled, in_S, missing == "mask", temperature, weight, scale)
         losses.update(per_pair)
         losses["total"] = sum(cfg.loss_weights.get(k, 1.0) * losses[k] for k in (*PRETEXT.values(), "contrastive"))
         result.losses, result.predictions = losses, preds
 
     @torch.no_grad()
-    def embed(self, batch: dict) -> ScaleOutput:
+    def embed(self, batch: dict, missing: str | None = None) -> ScaleOutput:
         """pooled / cls / fused / S without losses (use a collate with mask_prob=0)."""
-        return self.forward(batch, compute_losses=False)
+        return self.forward(batch, compute_losses=False, missing=missing)
 
     # ---------------------------------------------------------------- optimizer
     def pretrained_names(self) -> set[str]:

@@ -32,12 +32,19 @@ def test_save_load_roundtrip_and_kinds(setup, model, tmp_path):
     again = Catalog.load(path)
     assert (again.ids == cat.ids).all() and (again.present == cat.present).all()
     np.testing.assert_allclose(again.fused, cat.fused, atol=1e-3)
+    np.testing.assert_allclose(again.center, cat.center) if cat.center is not None else None
+    cat.center, cat.weights = None, None  # plain sum
     s = cat.embedding("sum:text+image")
     np.testing.assert_allclose(s, l2n(cat.pooled["text"]) + l2n(cat.pooled["image"]), atol=1e-6)
     cat.center = np.random.default_rng(0).standard_normal((5, cat.hidden)).astype(np.float32)
     P = cat.present
     want = (l2n(cat.pooled["text"]) - cat.center[0]) * P[:, :1] + (l2n(cat.pooled["image"]) - cat.center[2]) * P[:, 2:3]
     np.testing.assert_allclose(cat.embedding("sum:text+image"), want, atol=1e-5)  # centred, absent rows add nothing
+    cat.weights = np.array([1.0, 1.0, 0.5, 1.0, 1.0], np.float32)  # fitted fusion weights scale each modality
+    want = (l2n(cat.pooled["text"]) - cat.center[0]) * P[:, :1] + 0.5 * (l2n(cat.pooled["image"]) - cat.center[2]) * P[:, 2:3]
+    np.testing.assert_allclose(cat.embedding("sum:text+image"), want, atol=1e-5)
+    cat.save(tmp_path / "w.npz")
+    np.testing.assert_allclose(Catalog.load(tmp_path / "w.npz").weights, cat.weights)
     assert np.allclose(Catalog.load(cat.save(tmp_path / "centred.npz")).center, cat.center)
     video = cat.embedding("video")
     assert np.allclose(np.linalg.norm(video[cat.present[:, 3]], axis=1), 1, atol=1e-3)

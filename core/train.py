@@ -37,6 +37,7 @@ from .features import FeatureCache, build_cache
 from .modalities import MODALITIES
 from .model import SCALE
 from .records import read_manifest
+from .splits import in_split
 
 
 class TrainingStopped(Exception):
@@ -65,9 +66,10 @@ class TrainArgs:
     save_every_min: float = 10.0
     max_steps: int | None = None
     split: str = "train"
-    val_split: str | None = "val"
+    val_split: str | None = "dev"
     modalities: str = ",".join(MODALITIES)
     complete_only: bool = False
+    fit_fusion_on: str | None = "dev"
     mask_prob: float = 0.15
     sets: tuple = ()
 
@@ -113,7 +115,8 @@ def ensure_cache(manifest: str | Path, cache_dir: str | Path | None, device: str
 
 
 def select_ids(cache: FeatureCache, products: list, split: str | None, complete_only: bool = False) -> list[str]:
-    ids = [p.id for p in products if p.id in cache and (split in (None, "all") or p.split == split)]
+    """Cached products of `split` (core.splits: `train` excludes the `dev` bucket)."""
+    ids = [p.id for p in products if p.id in cache and in_split(p.id, p.split, split)]
     if complete_only:
         ids = [i for i in ids if all(cache.present(i))]
     return ids
@@ -243,31 +246,51 @@ def _scalar(x) -> float:
     return float(x.detach().float().cpu()) if torch.is_tensor(x) else float(x)
 
 
+def weight_spread(W: torch.Tensor, present: torch.Tensor) -> float:
+    """Mean over samples of the std of the pair loss weights (i < j, both present): how much S' moves
+    the contrastive terms apart (0 = harmonization weights nothing)."""
+    M = W.shape[-1]
+    upper = torch.triu(torch.ones(M, M, dtype=torch.bool, device=W.device), diagonal=1)
+    sel = present[:, :, None] & present[:, None, :] & upper
+    stds = [W[b][sel[b]].float().std() for b in range(W.shape[0]) if int(sel[b].sum()) >= 2]
+    return float(torch.stack(stds).mean()) if stds else float("nan")
+
+
 def step_record(out, step: int, epoch: int, lr: float, products: int) -> dict:
     sp = out.S_prime.detach().float()
     mean_sp = torch.nanmean(sp, dim=0).cpu().numpy()
-    return {"step": step, "epoch": epoch, "lr": lr, "products": products,
-            "loss": {k: round(_scalar(v), 5) for k, v in out.losses.items()},
-            "S_prime": [[None if not np.isfinite(x) else round(float(x), 4) for x in row] for row in mean_sp]}
+    rec = {"step": step, "epoch": epoch, "lr": lr, "products": products,
+           "loss": {k: round(_scalar(v), 5) for k, v in out.losses.items()},
+           "S_prime": [[None if not np.isfinite(x) else round(float(x), 4) for x in row] for row in mean_sp]}
+    if out.weights is not None:
+        spread = weight_spread(out.weights, out.present)
+        if np.isfinite(spread):
+            rec["w_std"] = round(spread, 4)
+    return rec
 
 
 @torch.no_grad()
 def validate(model, dataset: FeatureDataset, collate_missing: str, device, batch_size: int, seed: int) -> dict:
-    """Validation loss (fixed masking) and fused category-retrieval mAP@10 over the split."""
-    from .metrics import l2n, retrieval_scores
+    """Validation loss (fixed masking), fused category-retrieval mAP@10 (toolkit-exact) and, per
+    modality, the collapse check (mean cosine of its pooled feature to their mean) over the split."""
+    from .metrics import collapse_score, l2n, retrieval_scores
 
     model.eval()
     col = Collator(missing=collate_missing, mask_prob=0.15, seed=seed)
     emb_col = Collator(missing=collate_missing, mask_prob=0.0)
     totals: dict[str, float] = {}
     n = 0
-    fused = []
+    fused, pooled, present = [], {m: [] for m in MODALITIES}, []
     for i in range(0, len(dataset), batch_size):
         items = [dataset[j] for j in range(i, min(len(dataset), i + batch_size))]
         out = model(batch_to(col(items), device))
         for k, v in out.losses.items():
             totals[k] = totals.get(k, 0.0) + _scalar(v) * len(items)
-        fused.append(model.embed(batch_to(emb_col(items), device)).fused.float().cpu().numpy())
+        emb = model.embed(batch_to(emb_col(items), device))
+        fused.append(emb.fused.float().cpu().numpy())
+        present.append(emb.present.cpu().numpy())
+        for m in MODALITIES:
+            pooled[m].append(emb.pooled[m].float().cpu().numpy())
         n += len(items)
     model.train()
     res = {k: round(v / max(n, 1), 5) for k, v in totals.items()}
@@ -276,7 +299,32 @@ def validate(model, dataset: FeatureDataset, collate_missing: str, device, batch
         X = l2n(np.concatenate(fused))
         r = retrieval_scores(X, X, cats, cats, dataset.ids, dataset.ids, ks=(10,))
         res["mAP@10"] = round(float(r["mAP@10"]), 3)
+    if present:
+        P = np.concatenate(present)
+        res["collapse"] = {m: round(collapse_score(np.concatenate(pooled[m])[P[:, i]]), 4)
+                           for i, m in enumerate(MODALITIES) if P[:, i].sum() >= 2}
     return res
+
+
+@torch.no_grad()
+def fit_fusion(model, dataset: FeatureDataset, batch_size: int) -> dict:
+    """Fit model.fusion_weights on `dataset` (the dev split) with core.fusion; returns what was logged."""
+    from .catalog import embed_products
+    from .fusion import fit_weights
+
+    was = model.training
+    model.eval()
+    try:
+        items = [dataset[i] for i in range(len(dataset))]
+        model.fusion_weights.fill_(1.0)
+        cat = embed_products(model, items, batch_size)
+    finally:
+        model.train(was)
+    cats = [dataset.source.products[pid].get("category") or "" for pid in dataset.ids]
+    w, best, base = fit_weights(cat.pooled, cat.present, cat.center, cats, dataset.ids)
+    model.fusion_weights.copy_(torch.from_numpy(w))
+    return {"fusion_weights": {m: round(float(x), 3) for m, x in zip(MODALITIES, w)},
+            "mAP@10_fitted": round(best, 3), "mAP@10_equal": round(base, 3), "products": len(dataset)}
 
 
 # ---------------------------------------------------------------- main loop
@@ -311,6 +359,10 @@ def train(a: TrainArgs) -> Path:
     lengths = np.array([len(f.get("text.ids", ())) + 100 * ("audio.patches" in f) for f in map(cache.__getitem__, train_ids)])
     val_ids = select_ids(cache, products, a.val_split) if a.val_split else []
     val_set = FeatureDataset(cache, val_ids, drop=drop) if val_ids else None
+    if a.fit_fusion_on == "val":
+        raise ScaleError("--fit-fusion-on val would tune on the reported split. Fix: use dev (the default) or none.")
+    fit_ids = select_ids(cache, products, a.fit_fusion_on) if a.fit_fusion_on else []
+    fit_set = FeatureDataset(cache, fit_ids) if len(fit_ids) >= 2 else None
 
     ckpt = latest_checkpoint(run) if a.resume else None
     model = load_checkpoint(ckpt, device) if ckpt else SCALE(cfg).to(device)
@@ -387,7 +439,8 @@ def train(a: TrainArgs) -> Path:
                 in_epoch += 1
                 products_seen += len(idx) * world
                 if is_main:
-                    rec = step_record(out, step, epoch, scheduler.get_last_lr()[0], len(idx) * world)
+                    # the main learning rate (the pretrained text group runs at pretrained_lr_mult of it)
+                    rec = step_record(out, step, epoch, max(scheduler.get_last_lr()), len(idx) * world)
                     metrics_f.write(json.dumps(rec) + "\n")
                     metrics_f.flush()
                     rate = products_seen / max(1e-6, time.time() - started)
@@ -423,6 +476,12 @@ def train(a: TrainArgs) -> Path:
         final = run / "final"
         if is_main:
             refresh_center()
+            if fit_set is not None and not drop:  # weights of modalities the run never saw mean nothing
+                fit = fit_fusion(model, fit_set, a.batch_size)
+                metrics_f.write(json.dumps({"step": step, "epoch": epoch, "fusion": fit}) + "\n")
+                metrics_f.flush()
+                print(f"fusion weights fitted on {a.fit_fusion_on}: {fit['fusion_weights']} "
+                      f"(mAP@10 {fit['mAP@10_equal']} -> {fit['mAP@10_fitted']})", file=sys.stderr)
             save()
             tmp = run / f".tmp-final-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -455,11 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--save-every-min", type=float, default=10.0)
     ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument("--split", default="train", help="train split name, or 'all'")
-    ap.add_argument("--val-split", default="val", help="validated every epoch; 'none' to skip")
+    ap.add_argument("--split", default="train", help="train split name ('train' leaves out the dev bucket), or 'all'")
+    ap.add_argument("--val-split", default="dev", help="validated every epoch (recipes are chosen on dev); 'none' to skip")
     ap.add_argument("--modalities", default=",".join(MODALITIES), help="ablation: train on these only")
     ap.add_argument("--complete-only", action="store_true", help="ablation: only products with all five modalities")
     ap.add_argument("--mask-prob", type=float, default=0.15)
+    ap.add_argument("--fit-fusion-on", default="dev", help="split the fusion weights are fitted on at the end "
+                    "(core.fusion); 'none' keeps equal weights")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="model config override key=value")
     return ap
 
@@ -470,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     kw = vars(args)
     if kw["val_split"] in ("none", ""):
         kw["val_split"] = None
+    if kw["fit_fusion_on"] in ("none", ""):
+        kw["fit_fusion_on"] = None
     kw["sets"] = tuple(kw["sets"])
     try:
         train(TrainArgs(**kw))

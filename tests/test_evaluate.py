@@ -14,19 +14,35 @@ def test_evaluate_on_unseen_manifest(tmp_path, featurizer):
     out = tmp_path / "eval.json"
     rc = main(["--checkpoint", str(s.checkpoint), "--manifest", str(s.manifest), "--split", "all",
                "--cache", str(tmp_path / "cache"), "--json", str(out), "--markdown", str(tmp_path / "t.md"),
-               "--compare", f"again={s.checkpoint}", "--subset", "text+image"])
+               "--compare", f"again={s.checkpoint}", "--subset", "text+image",
+               "--seeds", f"recipe={s.checkpoint},{s.checkpoint}"])
     assert rc == 0
     res = json.loads(out.read_text())
-    assert set(res["models"]) == {"frozen", "frozen [text+image]", "SCALE", "SCALE [text+image]", "again"}
+    mods = ("text", "table", "image", "video", "audio")
+    rows = {f"{n} [{m}]" for n in ("frozen", "SCALE", "recipe #0", "recipe #1") for m in (*mods, "text+image")}
+    assert set(res["models"]) == {"frozen", "SCALE", "again", "recipe #0", "recipe #1"} | rows
+    # each modality alone is scored over the whole split, with its coverage
+    assert 0 < res["models"]["SCALE [audio]"]["coverage"] <= 1
+    # mismatch AUC and the collapse check for checkpoints
+    scale_row = res["models"]["SCALE"]
+    assert set(scale_row["mismatch_auc"]) <= {"table", "image", "video", "audio"} and scale_row["mismatch_auc"]
+    assert all(0 <= v["auc"] <= 1 and v["n"] >= 2 for v in scale_row["mismatch_auc"].values())
+    assert all(-1 <= v <= 1 for v in scale_row["collapse"].values()) and "text" in scale_row["collapse"]
+    # two copies of one checkpoint: the seed summary has their mean and zero spread
+    summary = res["seeds"]["recipe"]["fused mAP@10"]
+    assert summary["mean"] == scale_row["retrieval"]["fused"]["mAP@10"] and summary["std"] == 0
+    assert "fused (skip singletons)" in scale_row["retrieval"]
     scale = res["models"]["SCALE"]
     assert scale["retrieval"]["fused"] == res["models"]["again"]["retrieval"]["fused"]  # same checkpoint, same numbers
-    for r in res["models"].values():
+    for name, r in res["models"].items():
         f = r["retrieval"]["fused"]
         assert 0 <= f["mAP@10"] <= 100 and 0 <= f["P@1"] <= 100
-        assert 0 <= r["clustering"]["nmi"] <= 100
+        if "[" not in name:  # the per-modality and subset rows have retrieval only
+            assert 0 <= r["clustering"]["nmi"] <= 100
     assert "text->image" in scale["retrieval"] and "R@1" in scale["instance"]["image->text"]
     assert "checkpoint" not in res["models"]["frozen"] and scale["checkpoint"] == str(s.checkpoint)
-    assert (tmp_path / "t.md").read_text().count("\n") == len(res["models"]) + 2
+    table = (tmp_path / "t.md").read_text()
+    assert all(f"| {name} |" in table for name in res["models"]) and "± 0.00" in table
 
 
 def test_bad_subset_is_a_clear_error(tmp_path, featurizer, capsys):

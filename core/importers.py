@@ -268,7 +268,9 @@ class MediaResolver:
             self._net_failures += 1
             if self._net_failures >= NET_FAILURES_TO_STOP:
                 self._stopped = f"network unreachable ({self._net_failures} fetches failed in a row, last: {reason})"
-            return None, f"URL fetch failed: {reason} (timeout {self.timeout:g} s)"
+            if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+                reason = f"no answer within the {self.timeout:g} s timeout"
+            return None, f"URL fetch failed: {reason}"
         self._net_failures = 0
         if len(data) > self.max_bytes:
             return None, f"URL gave more than the {self.max_bytes // 2**20} MiB limit"

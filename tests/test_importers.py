@@ -3,6 +3,7 @@ exports written from each platform's documented columns, with generated images u
 import csv
 import http.server
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -345,6 +346,24 @@ def test_urls_are_fetched_once_into_a_hash_named_cache(tmp_path, media):
     assert r1.media["fetched"] == 1 and r2.media["cached"] == 1 and r2.media["fetched"] == 0
     assert _Images.hits.count("/files/mug.png?v=3") == 1  # the second import read the cache
     assert [why for _, _, why in r1.misses] == ["URL fetch gave text/html, not media"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_fetching_stops_after_three_failed_hosts(tmp_path):
+    """Without a network each URL would cost a timeout: after 3 refused hosts the rest are listed untried."""
+    urls = [f"http://127.0.0.1:{free_port()}/img/{i}.jpg" for i in range(5)]
+    rows = [{"Handle": f"p{i}", "Title": f"Product {i}", "Image Src": u} for i, u in enumerate(urls)]
+    out = tmp_path / "m.jsonl"
+    r = import_export(write_csv(tmp_path / "p.csv", ["Handle", "Title", "Image Src"], rows), "shopify", out, timeout=2)
+    assert r.products == 5 and [ref for _, ref, _ in r.misses] == urls
+    assert all("URL fetch failed" in why for _, _, why in r.misses[:3])
+    assert all(why.startswith("URL not fetched: network unreachable (3 fetches failed") for _, _, why in r.misses[3:])
+    assert len((tmp_path / "m.jsonl.misses.txt").read_text().splitlines()) == 5
 
 
 def test_cli_import_then_read_and_build_cache(tmp_path, media):

@@ -254,6 +254,21 @@ def test_google_merchant_rss_xml(tmp_path, media):
     assert r.skipped == [(f"{tmp_path / 'feed.xml'}: item 4", r.skipped[0][1])] and "no id" in r.skipped[0][1]
 
 
+def test_google_merchant_atom_and_utf16_tsv(tmp_path, media):
+    atom = """<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom" xmlns:g="http://base.google.com/ns/1.0">
+<title>Store</title><entry><g:id>CAP-9</g:id><title>Caf\u00e9 Cap</title><g:google_product_category>Apparel &amp; Accessories &gt; Hats</g:google_product_category>
+<g:image_link>https://img.example.com/cap.png</g:image_link><g:color>Blue</g:color></entry></feed>"""
+    (tmp_path / "feed.atom").write_text(atom, encoding="utf-8")
+    import_export(tmp_path / "feed.atom", "google-merchant", tmp_path / "a.jsonl", media_root=media, fetch=False)
+    cap = manifest_rows(tmp_path / "a.jsonl")["CAP-9"]
+    assert cap["title"] == "Caf\u00e9 Cap" and cap["category"] == "Apparel & Accessories/Hats"
+    assert cap["attributes"] == {"color": "Blue"} and names(cap["images"]) == ["cap.png"]
+    tsv = "id\ttitle\tcolor\nMUG-2\tCaf\u00e9 Mug\tGreen\n"  # Excel's "Unicode text": UTF-16 with a BOM
+    (tmp_path / "feed.txt").write_bytes(tsv.encode("utf-16"))
+    import_export(tmp_path / "feed.txt", "google-merchant", tmp_path / "t.jsonl", fetch=False)
+    assert manifest_rows(tmp_path / "t.jsonl")["MUG-2"]["title"] == "Caf\u00e9 Mug"
+
+
 # ----------------------------------------------------------------------------------- bad exports
 def test_wrong_format_names_missing_columns_and_the_right_format(tmp_path):
     src = write_csv(tmp_path / "wc.csv", WOO_HEADER, [{"ID": "1", "Type": "simple", "Name": "A"}])

@@ -204,3 +204,21 @@ def write_manifest(products: Iterable[Product], path: str | Path) -> Path:
             d["video"], d["audio"] = rel(p.video), rel(p.audio)
             f.write(json.dumps(d) + "\n")
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m core.records import ...`: a shop-platform export -> manifest.jsonl (see core.importers)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] != "import":
+        print("usage: python -m core.records import --format shopify|woocommerce|magento|google-merchant "
+              "--in FILE --out manifest.jsonl [--media-root DIR]", file=sys.stderr)
+        return 2
+    from .importers import main as import_main
+
+    return import_main(args[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,8 +11,8 @@ Rows are L2-normalized and searched by inner product, which is then the cosine s
     index.ids[rows]                                        # the product ids
     index.save("catalogs/big/ann"); AnnIndex.load("catalogs/big/ann")
 
-`build` tunes nprobe / ef_search for `target_recall`: the smallest value whose recall@k on sampled
-catalog rows (their own row left out) against exact search reaches it. After `build` / `load` the
+`build` tunes nprobe / ef_search for `target_recall`: one step (x2) beyond the smallest value whose
+recall@k on sampled catalog rows (their own row left out) against exact search reaches it. After `build` / `load` the
 index is read-only: `search` never changes it (a per-call nprobe goes through FAISS's
 SearchParameters), so threads can share one index, and FAISS releases the GIL while it searches.
 """
@@ -152,12 +152,18 @@ class AnnIndex:
             candidates = sorted({min(2 ** p, top) for p in range(0, 13)} | {top})
             if self.kind == "hnsw":
                 candidates = [c for c in candidates if c >= kk + 1]
-            for value in candidates:
+            for j, value in enumerate(candidates):
                 found = _drop_self(self._raw_search(Q, kk + 1, value)[1], rows, kk)
                 recall = recall_at_k(found, truth)
                 if recall >= target or value == candidates[-1]:
                     break
-            self.params.update(tuned_recall=round(recall, 4), tune_k=kk, tune_queries=len(rows), target_recall=target)
+            # One step wider than the smallest value that reached the target: catalog rows sit in the
+            # cells k-means drew around them, so they overstate the recall of new queries (measured:
+            # nprobe 1 gave 0.961 on catalog rows, 0.926 on fresh queries of the same 100k mixture).
+            value = candidates[min(j + 1, len(candidates) - 1)]
+            found = _drop_self(self._raw_search(Q, kk + 1, value)[1], rows, kk)
+            self.params.update(tuned_recall=round(recall_at_k(found, truth), 4), tune_k=kk,
+                               tune_queries=len(rows), target_recall=target)
             fixed = value
         if self.kind == "ivf":
             self.index.nprobe = int(fixed)

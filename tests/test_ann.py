@@ -220,3 +220,14 @@ def test_store_open_errors_name_the_file(tmp_path, data):
     (tmp_path / "t" / "ids.txt").write_text("a\nb\n")
     with pytest.raises(ScaleError, match=r"ids.txt: 2 lines for 50 rows"):
         EmbeddingStore.open(tmp_path / "t")
+
+
+def test_bench_catalog_is_the_same_whatever_the_chunking():
+    from core.bench import synthetic_catalog
+
+    whole = synthetic_catalog(200, 16, 5, seed=3, start=65_436)  # crosses a 65,536-row block boundary
+    parts = np.concatenate([synthetic_catalog(70, 16, 5, seed=3, start=65_436),
+                            synthetic_catalog(130, 16, 5, seed=3, start=65_506)])
+    np.testing.assert_array_equal(whole, parts)
+    np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, atol=1e-5)
+    assert not np.array_equal(whole, synthetic_catalog(200, 16, 5, seed=4, start=65_436))

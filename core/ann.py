@@ -7,6 +7,7 @@ Rows are L2-normalized and searched by inner product, which is then the cosine s
     hnsw   IndexHNSWFlat: a neighbour graph; `ef_search` sets how wide a query walks it.
 
     index = AnnIndex.build(store.X, store.ids)            # X (N, D) array or memmap, read in chunks
+    index = catalog_index(Catalog.load(path), "fused")      # what a page calls
     scores, rows = index.search(Q, k=10)                   # (M, k) cosine, (M, k) row numbers
     index.ids[rows]                                        # the product ids
     index.save("catalogs/big/ann"); AnnIndex.load("catalogs/big/ann")
@@ -260,6 +261,13 @@ class AnnIndex:
         elif kind == "hnsw":
             index.hnsw.efSearch = int(params.get("ef_search", 16))
         return cls(index, ids, kind, params)
+
+
+def catalog_index(catalog, embedding: str = "fused", kind: str = "auto", **build_kw) -> AnnIndex:
+    """The index a page searches: a `core.catalog.Catalog`'s (or an `EmbeddingStore`'s) rows, by product id.
+    `embedding` picks Catalog.embedding(kind) ("fused", a modality, "sum:text+image", ...)."""
+    X = catalog.X if hasattr(catalog, "X") else catalog.embedding(embedding)
+    return AnnIndex.build(X, catalog.ids, kind=kind, **build_kw)
 
 
 def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:

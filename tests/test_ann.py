@@ -225,9 +225,29 @@ def test_store_open_errors_name_the_file(tmp_path, data):
 def test_bench_catalog_is_the_same_whatever_the_chunking():
     from core.bench import synthetic_catalog
 
-    whole = synthetic_catalog(200, 16, 5, seed=3, start=65_436)  # crosses a 65,536-row block boundary
-    parts = np.concatenate([synthetic_catalog(70, 16, 5, seed=3, start=65_436),
-                            synthetic_catalog(130, 16, 5, seed=3, start=65_506)])
+    whole = synthetic_catalog(200, 4, 5, seed=3, start=65_436)  # crosses a 65,536-row block boundary
+    parts = np.concatenate([synthetic_catalog(70, 4, 5, seed=3, start=65_436),
+                            synthetic_catalog(130, 4, 5, seed=3, start=65_506)])
     np.testing.assert_array_equal(whole, parts)
     np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, atol=1e-5)
-    assert not np.array_equal(whole, synthetic_catalog(200, 16, 5, seed=4, start=65_436))
+    assert not np.array_equal(whole, synthetic_catalog(200, 4, 5, seed=4, start=65_436))
+
+
+def test_a_catalog_goes_to_a_store_and_an_index_by_product_id(tmp_path, data):
+    from core.ann import catalog_index
+    from core.catalog import Catalog
+    from core.catalog_store import store_from_catalog
+    from core.modalities import MODALITIES
+
+    X = data[0][:40]
+    n, blank = len(X), np.full(40, "", dtype=str)
+    cat = Catalog(ids=np.array([f"sku{i}" for i in range(n)]), categories=np.array([f"c{i % 3}" for i in range(n)]),
+                  sources=blank, splits=blank, present=np.ones((n, 5), bool), fused=X,
+                  pooled={m: X for m in MODALITIES}, cls={m: X for m in MODALITIES})
+    store = store_from_catalog(cat, tmp_path / "s")  # float16 by default
+    assert store.X.dtype == np.float16 and store.ids.tolist() == cat.ids.tolist()
+    assert store.categories.tolist() == cat.categories.tolist()
+    by_catalog, by_store = catalog_index(cat, "fused"), catalog_index(store)
+    _, want = _brute(X, X[:3], 4)
+    np.testing.assert_array_equal(by_catalog.search(X[:3], 4)[1], want)
+    assert by_store.ids[by_store.search(X[5], 1)[1][0, 0]] == "sku5"

@@ -13,9 +13,10 @@ Rows are L2-normalized and searched by inner product, which is then the cosine s
     index.save("catalogs/big/ann"); AnnIndex.load("catalogs/big/ann")
 
 `build` tunes nprobe / ef_search for `target_recall`: one step (x2) beyond the smallest value whose
-recall@k on sampled catalog rows (their own row left out) against exact search reaches it. After `build` / `load` the
-index is read-only: `search` never changes it (a per-call nprobe goes through FAISS's
-SearchParameters), so threads can share one index, and FAISS releases the GIL while it searches.
+recall@k on sampled catalog rows (their own row left out) against exact search reaches it.
+After `build` / `load` the index is read-only: `search` never changes it (a per-call nprobe goes
+through FAISS's SearchParameters), and FAISS's CPU indexes allow concurrent searches, so threads
+(Streamlit sessions sharing one cached index) can search it at once.
 """
 from __future__ import annotations
 
@@ -59,7 +60,10 @@ def exact_search(X: np.ndarray, Q: np.ndarray, k: int, chunk: int = CHUNK) -> tu
     for s in range(0, len(X), chunk):
         S = Qn @ _unit_f32(X[s: s + chunk]).T
         kk = min(k, S.shape[1])
-        part = np.argpartition(-S, kk - 1, axis=1)[:, :kk] if kk < S.shape[1] else np.tile(np.arange(S.shape[1]), (len(S), 1))
+        if kk < S.shape[1]:
+            part = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
+        else:
+            part = np.tile(np.arange(S.shape[1]), (len(S), 1))
         cand_s = np.concatenate([best_s, np.take_along_axis(S, part, 1)], 1)
         cand_i = np.concatenate([best_i, part + s], 1)
         order = np.lexsort((cand_i, -cand_s), axis=1)[:, :k]
@@ -118,7 +122,8 @@ class AnnIndex:
         elif kind == "ivf":
             nlist = default_nlist(n) if nlist is None else int(nlist)
             if not 1 <= nlist <= n:
-                raise ScaleError(f"nlist={nlist} cells for {n} rows. Fix: use 1 <= nlist <= {n} (default: about sqrt(N)).")
+                raise ScaleError(f"nlist={nlist} cells for {n} rows. "
+                                 f"Fix: use 1 <= nlist <= {n} (default: about sqrt(N)).")
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
             index.cp.seed = seed
             index.cp.niter = 20
@@ -140,7 +145,8 @@ class AnnIndex:
             out._tune(X, nprobe if kind == "ivf" else ef_search, target_recall, tune_k, tune_queries, seed, chunk)
         return out
 
-    def _tune(self, X: np.ndarray, fixed: int | None, target: float, k: int, queries: int, seed: int, chunk: int) -> None:
+    def _tune(self, X: np.ndarray, fixed: int | None, target: float, k: int, queries: int, seed: int,
+              chunk: int) -> None:
         """Set nprobe (ivf) / efSearch (hnsw): `fixed`, or the smallest that reaches `target` recall@k."""
         name = "nprobe" if self.kind == "ivf" else "ef_search"
         if fixed is None:
@@ -209,7 +215,8 @@ class AnnIndex:
         rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
         bad = rows[(rows < 0) | (rows >= len(self))]
         if len(bad):
-            raise ScaleError(f"catalog row {int(bad[0])} out of range (catalog of {len(self)}). Fix: use rows 0..{len(self) - 1}.")
+            raise ScaleError(f"catalog row {int(bad[0])} out of range (catalog of {len(self)}). "
+                             f"Fix: use rows 0..{len(self) - 1}.")
         k = self._k(k)
         Q = np.stack([self.index.reconstruct(int(r)) for r in rows]).astype(np.float32)
         D, I = self._raw_search(Q, min(k + 1, len(self)))
@@ -249,7 +256,8 @@ class AnnIndex:
             index = faiss.read_index(str(path / "index.faiss"))
             ids = np.load(path / "ids.npy", allow_pickle=False)
         except (RuntimeError, OSError, ValueError) as e:
-            raise ScaleError(f"{path}: index files unreadable ({str(e).splitlines()[0] if str(e) else e}). {fix}") from e
+            first = str(e).splitlines()[0] if str(e) else repr(e)  # FAISS errors carry a C++ stack below
+            raise ScaleError(f"{path}: index files unreadable ({first}). {fix}") from e
         if index.ntotal != rows or index.d != dim or len(ids) != rows:
             raise ScaleError(f"{path}: the index holds {index.ntotal} rows of {index.d} dims and {len(ids)} ids, "
                              f"ann.json says {rows} x {dim}. {fix}")

@@ -259,14 +259,16 @@ def cmd_ann(args: argparse.Namespace) -> dict:
     rss_start = round(_rss_mb()[0])  # the interpreter with numpy, torch and faiss loaded
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="scale-bench-ann-"))
     out: dict = {"n": args.n, "dim": args.dim, "clusters": args.clusters, "queries": args.queries, "k": args.k,
-                 "dtype": args.dtype, "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(), "rss_mb_at_start": rss_start}
+                 "dtype": args.dtype, "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
+                 "rss_mb_at_start": rss_start}
     try:
         t = time.perf_counter()
         chunk = 65_536
         with StoreWriter(root / "store", dim=args.dim, dtype=args.dtype) as w:
             for s in range(0, args.n, chunk):
                 m = min(chunk, args.n - s)
-                w.append(synthetic_catalog(m, args.dim, args.clusters, args.seed, start=s), [f"p{i}" for i in range(s, s + m)])
+                rows = synthetic_catalog(m, args.dim, args.clusters, args.seed, start=s)
+                w.append(rows, [f"p{i}" for i in range(s, s + m)])
         store = EmbeddingStore.open(root / "store")
         out["store_write_s"] = round(time.perf_counter() - t, 1)
         # queries: fresh draws from the same mixture (rows past the catalog's end)

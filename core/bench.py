@@ -4,6 +4,7 @@
     python -m core.bench train [--cache DIR]          training products/s of `small`
     python -m core.bench embed --cache DIR --manifest M   catalog embedding products/s (cached, raw files)
     python -m core.bench app                          app timings (core.explorer.bench_app)
+    python -m core.bench ann [--n 1000000] [--dim 384] [--queries 200]   ANN index on a synthetic catalog
 
 `model`: forward (eval mode, with losses) and forward+backward (train mode) milliseconds per product on a shop3k-shaped batch with all five
 modalities (text 24 tokens, table 40, image 50, video 8 frames, audio 94 patches), FLOPs per product
@@ -210,6 +211,117 @@ def cmd_app(args: argparse.Namespace) -> dict:
     return bench_app(args.checkpoint, args.catalog_size, args.device)
 
 
+def synthetic_catalog(n: int, dim: int, clusters: int, seed: int, start: int = 0) -> np.ndarray:
+    """Rows start..start+n of a seeded catalog: a Gaussian mixture of `clusters` unit centres, uneven
+    cluster sizes and spreads, rows L2-normalized float32. Rows are drawn in 65,536-row blocks with their
+    own seeds, so any slice is the same whatever the chunking."""
+    from .metrics import l2n
+
+    rng = np.random.default_rng(seed)
+    centres = l2n(rng.standard_normal((clusters, dim))).astype(np.float32)
+    weights = rng.dirichlet(np.full(clusters, 2.0))
+    spread = rng.uniform(0.6, 1.2, clusters).astype(np.float32)  # noise norm / centre norm, per cluster
+    out = np.empty((n, dim), dtype=np.float32)
+    block = 65_536
+    for b in range(start // block, (start + n - 1) // block + 1):
+        brng = np.random.default_rng([seed, b])
+        y = brng.choice(clusters, size=block, p=weights)
+        rows = centres[y] + (spread[y, None] / np.sqrt(dim)) * brng.standard_normal((block, dim), dtype=np.float32)
+        lo, hi = max(start, b * block), min(start + n, (b + 1) * block)
+        out[lo - start: hi - start] = rows[lo - b * block: hi - b * block]
+    return l2n(out)
+
+
+def _rss_mb() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in MB (Linux)."""
+    import os
+    import resource
+
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cmd_ann(args: argparse.Namespace) -> dict:
+    """A synthetic catalog written chunk by chunk to a memory-mapped store, indexed by core.ann (build
+    time, tuned nprobe / efSearch), then timed one query at a time against exact search (recall@k)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import faiss
+
+    from .ann import AnnIndex, exact_search, recall_at_k
+    from .catalog_store import EmbeddingStore, StoreWriter
+
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    rss_start = round(_rss_mb()[0])  # the interpreter with numpy, torch and faiss loaded
+    root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="scale-bench-ann-"))
+    out: dict = {"n": args.n, "dim": args.dim, "clusters": args.clusters, "queries": args.queries, "k": args.k,
+                 "dtype": args.dtype, "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
+                 "rss_mb_at_start": rss_start}
+    try:
+        t = time.perf_counter()
+        chunk = 65_536
+        with StoreWriter(root / "store", dim=args.dim, dtype=args.dtype) as w:
+            for s in range(0, args.n, chunk):
+                m = min(chunk, args.n - s)
+                rows = synthetic_catalog(m, args.dim, args.clusters, args.seed, start=s)
+                w.append(rows, [f"p{i}" for i in range(s, s + m)])
+        store = EmbeddingStore.open(root / "store")
+        out["store_write_s"] = round(time.perf_counter() - t, 1)
+        # queries: fresh draws from the same mixture (rows past the catalog's end)
+        Q = synthetic_catalog(args.queries, args.dim, args.clusters, args.seed, start=args.n + 65_536)
+
+        t = time.perf_counter()
+        index = AnnIndex.build(store.X, store.ids, kind=args.kind, nlist=args.nlist, nprobe=args.nprobe,
+                               ef_search=args.ef_search, m=args.m, target_recall=args.target_recall, seed=args.seed)
+        out["build_s"] = round(time.perf_counter() - t, 1)
+        out.update(kind=index.kind, params=index.params)
+        out["rss_mb_after_build"], _ = (round(v) for v in _rss_mb())
+
+        t = time.perf_counter()
+        _, truth = exact_search(store.X, Q, args.k)
+        out["exact_batch_ms_per_query"] = round(1e3 * (time.perf_counter() - t) / len(Q), 2)
+
+        def single(knob: int | None) -> tuple[list[float], np.ndarray]:
+            kw = {"nprobe": knob} if index.kind == "ivf" else {"ef_search": knob} if index.kind == "hnsw" else {}
+            index.search(Q[0], args.k, **kw)  # warm-up
+            times, found = [], []
+            for q in Q:
+                t0 = time.perf_counter()
+                found.append(index.search(q, args.k, **kw)[1][0])
+                times.append(time.perf_counter() - t0)
+            return times, np.stack(found)
+
+        times, found = single(None)
+        out["query_ms_p50"] = round(1e3 * float(np.percentile(times, 50)), 2)
+        out["query_ms_p95"] = round(1e3 * float(np.percentile(times, 95)), 2)
+        out[f"recall@{args.k}"] = round(recall_at_k(found, truth), 4)
+        knob = index.params.get("nprobe", index.params.get("ef_search"))
+        if knob is not None:  # the trade-off around the tuned value
+            out["sweep"] = []
+            for v in sorted({max(1, knob // 2), knob, knob * 2}):
+                tv, fv = single(v)
+                out["sweep"].append({"nprobe" if index.kind == "ivf" else "ef_search": v,
+                                     "p50_ms": round(1e3 * float(np.percentile(tv, 50)), 2),
+                                     "p95_ms": round(1e3 * float(np.percentile(tv, 95)), 2),
+                                     f"recall@{args.k}": round(recall_at_k(fv, truth), 4)})
+        t = time.perf_counter()
+        index.save(root / "ann")
+        AnnIndex.load(root / "ann")
+        out["save_load_s"] = round(time.perf_counter() - t, 1)
+        rss, peak = _rss_mb()
+        out.update(rss_mb=round(rss), peak_rss_mb=round(peak),
+                   store_mb=round((root / "store" / "embeddings.npy").stat().st_size / 2**20),
+                   index_file_mb=round((root / "ann" / "index.faiss").stat().st_size / 2**20))
+    finally:
+        if not args.dir:
+            shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +351,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--catalog-size", type=int, default=3000)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_app)
+    p = sub.add_parser("ann", help="ANN index on a synthetic catalog: build, query latency, recall, RSS")
+    p.add_argument("--n", type=int, default=1_000_000, help="catalog rows")
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--clusters", type=int, default=1000, help="Gaussian mixture components")
+    p.add_argument("--kind", default="auto", help="auto | flat | ivf | hnsw")
+    p.add_argument("--nlist", type=int, default=None, help="IVF cells (default: about sqrt(n))")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF cells read per query (default: tuned)")
+    p.add_argument("--m", type=int, default=32, help="HNSW links per node")
+    p.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (default: tuned)")
+    p.add_argument("--target-recall", type=float, default=0.95)
+    p.add_argument("--dtype", default="float32", help="store dtype: float32 | float16")
+    p.add_argument("--threads", type=int, default=0, help="FAISS OpenMP threads (0: its default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dir", default=None, help="keep the store and index here (default: a temporary folder)")
+    p.set_defaults(func=cmd_ann)
     args = parser.parse_args(argv)
     print(json.dumps(args.func(args), indent=2))
 

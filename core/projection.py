@@ -3,6 +3,10 @@
 A projection is fitted once on the catalog; new products are placed with `.transform` so the map
 never moves when someone uploads a product. Rows are L2-normalized first, so euclidean distances
 in the map follow the cosine similarities the model is trained with.
+
+UMAP is fitted on at most `UMAP_SAMPLE` rows (a seeded sample): its cost grows with every row, and a
+million-product map fitted whole would take hours. The other rows are placed like uploads are, at the
+weighted mean of their nearest sampled rows, so the whole catalog lands on the same fixed map.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from .errors import ScaleError
 from .metrics import l2n
 
 METHODS = ("umap", "pca")
+UMAP_SAMPLE = 20_000  # rows UMAP is fitted on; the rest are placed on its map
+PLACE_BLOCK = 8192  # rows placed at a time: memory stays O(block x sample)
 
 
 @dataclass
@@ -24,6 +30,7 @@ class Projection:
     dim: int
     coords: np.ndarray  # (N, dim) float32
     model: Any
+    fitted: np.ndarray | None = None  # rows the map was fitted on (sorted), None when all of them
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Place new rows (M, D) on the fitted map (no refit)."""
@@ -31,12 +38,20 @@ class Projection:
         return np.asarray(self.model.transform(X), dtype=np.float32)
 
 
-def fit_projection(X: np.ndarray, method: str = "umap", dim: int = 2, seed: int = 0) -> Projection:
-    """Fit a `dim`-D map of X (N, D). PCA is instant; UMAP needs at least 5 rows (fewer: PCA is used)."""
+def fit_projection(X: np.ndarray, method: str = "umap", dim: int = 2, seed: int = 0,
+                   sample: int = UMAP_SAMPLE) -> Projection:
+    """Fit a `dim`-D map of X (N, D). PCA is instant; UMAP needs at least 5 rows (fewer: PCA is used) and is
+    fitted on `sample` rows at most (seeded by `seed`), the others placed on its map."""
     if method not in METHODS:
         raise ScaleError(f"projection method {method!r} unknown. Fix: use one of {METHODS}.")
     if dim not in (2, 3):
         raise ScaleError(f"projection dim must be 2 or 3, got {dim}.")
+    if method == "umap" and int(sample) < 5:
+        raise ScaleError(f"UMAP sample of {sample} rows: it needs at least 5. Fix: pass sample >= 5 "
+                         f"(default {UMAP_SAMPLE}).")
+    n = len(X) if hasattr(X, "__len__") else 0
+    if method == "umap" and n > sample and getattr(X, "ndim", 0) == 2:
+        return _fit_umap_sample(X, dim, seed, int(sample))
     X = l2n(np.asarray(X, dtype=np.float32))
     if X.ndim != 2 or len(X) < 2:
         raise ScaleError(f"a map needs at least 2 products, got {len(X)}. Fix: use a larger catalog.")
@@ -56,6 +71,26 @@ def fit_projection(X: np.ndarray, method: str = "umap", dim: int = 2, seed: int 
             warnings.filterwarnings("ignore", message="n_jobs value")
             coords = np.asarray(reducer.fit_transform(X), dtype=np.float32)
         return Projection("umap", dim, coords, _KnnPlacer(X, coords, k))
+    return _fit_pca(X, dim, seed)
+
+
+def _fit_umap_sample(X: np.ndarray, dim: int, seed: int, sample: int) -> Projection:
+    """UMAP on `sample` seeded rows of X (which may be a memmap: only the sample and one block of the
+    rest are ever in memory as float32), then the other rows placed block by block."""
+    rows = np.sort(np.random.default_rng(seed).choice(len(X), size=sample, replace=False))
+    fit = fit_projection(np.asarray(X[rows]), "umap", dim, seed, sample=sample)
+    coords = np.empty((len(X), dim), dtype=np.float32)
+    coords[rows] = fit.coords
+    rest = np.ones(len(X), dtype=bool)
+    rest[rows] = False
+    rest_rows = np.flatnonzero(rest)
+    for s in range(0, len(rest_rows), PLACE_BLOCK):
+        block = rest_rows[s: s + PLACE_BLOCK]
+        coords[block] = fit.transform(X[block])
+    return Projection("umap", dim, coords, fit.model, fitted=rows)
+
+
+def _fit_pca(X: np.ndarray, dim: int, seed: int) -> Projection:
     from sklearn.decomposition import PCA
 
     k = min(dim, X.shape[1], len(X))

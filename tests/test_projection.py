@@ -60,3 +60,23 @@ def test_exact_knn_matches_brute_force_across_blocks():
     np.testing.assert_allclose(dist, np.sort(full, axis=1)[:, :5], rtol=1e-4, atol=1e-5)
     i_self, d_self = exact_knn(X, X, k=1)
     assert (i_self[:, 0] == np.arange(50)).all() and np.allclose(d_self, 0, atol=1e-3)
+
+
+def test_umap_fits_a_sample_and_places_the_other_rows_on_its_map():
+    X, y = _blobs(n=90)
+    p = fit_projection(X, "umap", dim=2, seed=0, sample=30)
+    assert p.method == "umap" and p.coords.shape == (90, 2) and np.isfinite(p.coords).all()
+    assert len(p.fitted) == 30 and (np.diff(p.fitted) > 0).all()
+    # the sampled rows carry exactly the map UMAP fits on them alone (seeded)
+    alone = fit_projection(X[p.fitted], "umap", dim=2, seed=0)
+    np.testing.assert_allclose(p.coords[p.fitted], alone.coords, atol=1e-5)
+    # the other rows are placed like uploads, among the sampled rows of their own cluster
+    rest = np.setdiff1d(np.arange(90), p.fitted)
+    np.testing.assert_allclose(p.coords[rest], p.transform(X[rest]), atol=1e-5)
+    fitted_xy, fitted_y = p.coords[p.fitted], y[p.fitted]
+    for i in rest:
+        near = np.argsort(np.linalg.norm(fitted_xy - p.coords[i], axis=1))[:3]
+        assert (fitted_y[near] == y[i]).sum() >= 2
+    assert fit_projection(X, "umap", sample=90).fitted is None  # under the cap: fitted on all rows
+    with pytest.raises(ScaleError, match="sample >= 5"):
+        fit_projection(X, "umap", sample=3)

@@ -3,8 +3,8 @@
 `Featurizer.decode` opens the files (any broken file becomes a `MediaError` for that modality only),
 keeping only bounded, small arrays (images and video frames downscaled, text capped), so a decoded
 product held in the app's session costs a few MiB whatever was uploaded. `Featurizer.encode` runs
-the frozen backbones. `Featurizer.encode_many` batches the CNN over many
-products, which is what the feature cache uses.
+the frozen backbones. `Featurizer.encode_many` batches the CNN over many products, which is what the
+feature cache uses.
 """
 from __future__ import annotations
 

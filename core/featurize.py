@@ -1,8 +1,10 @@
 """Product -> decoded media -> backbone features (one product's features, as `core.dataset` documents).
 
 `Featurizer.decode` opens the files (any broken file becomes a `MediaError` for that modality only),
-`Featurizer.encode` runs the frozen backbones. `Featurizer.encode_many` batches the CNN over many
-products, which is what the feature cache uses.
+keeping only bounded, small arrays (images and video frames downscaled, text capped), so a decoded
+product held in the app's session costs a few MiB whatever was uploaded. `Featurizer.encode` runs
+the frozen backbones. `Featurizer.encode_many` batches the CNN over many products, which is what the
+feature cache uses.
 """
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .backbones import AudioFrontend, BackboneConfig, ImageBackbone, load_tokenizer, tokenize_table, tokenize_text
+from .backbones import (MAX_TEXT_CHARS, AudioFrontend, BackboneConfig, ImageBackbone, clean_text, load_tokenizer,
+                        tokenize_table, tokenize_text)
 from .errors import MediaError
-from .media import VideoClip, has_soundtrack, load_audio, load_image, load_soundtrack, load_video, parse_table
+from .media import (FRAME_LONG_SIDE, FRAME_SHORT_SIDE, IMAGE_LONG_SIDE, IMAGE_SHORT_SIDE, VideoClip, has_soundtrack,
+                    load_audio, load_image, load_soundtrack, load_video, parse_table)
 from .modalities import MODALITIES
 from .records import Product
 
@@ -30,6 +34,7 @@ class Decoded:
     audio: np.ndarray | None = None  # 16 kHz mono
     audio_source: str | None = None  # "file" or "video"
     errors: dict[str, str] = field(default_factory=dict)  # modality -> message
+    notes: dict[str, str] = field(default_factory=dict)  # modality -> what was changed on the way (text cut ...)
 
     def present(self) -> dict[str, bool]:
         return {"text": bool(self.text), "table": bool(self.table), "image": bool(self.images),
@@ -49,20 +54,26 @@ class Featurizer:
 
     # ---------------------------------------------------------------- decode
     def decode(self, product: Product, max_images: int = 8) -> Decoded:
-        d = Decoded(product=product, text=product.text or None)
+        d = Decoded(product=product, text=self._text(product))
+        if d.text and len(product.text) > MAX_TEXT_CHARS:
+            d.notes["text"] = (f"{product.id}: title + description are {len(product.text):,} characters; only the first "
+                               f"{MAX_TEXT_CHARS:,} are kept (the model reads at most {self.cfg.max_text_tokens} tokens).")
         if product.attributes:
             try:
                 d.table = parse_table(product.attributes, f"{product.id} attributes")
             except MediaError as e:
                 d.errors["table"] = str(e)
+        # the backbone center-crops image_size px from the short side; more is kept only for display
+        image_side = max(IMAGE_SHORT_SIDE, self.cfg.image_size)
         for path in product.images[:max_images]:
             try:
-                d.images.append(load_image(path))
+                d.images.append(load_image(path, image_side, max(IMAGE_LONG_SIDE, image_side)))
             except MediaError as e:
                 d.errors.setdefault("image", str(e))
         if product.video:
             try:
-                d.video = load_video(product.video)
+                frame_side = max(FRAME_SHORT_SIDE, self.cfg.image_size)
+                d.video = load_video(product.video, short_side=frame_side, long_side=max(FRAME_LONG_SIDE, frame_side))
             except MediaError as e:
                 d.errors["video"] = str(e)
         if product.audio:
@@ -73,10 +84,18 @@ class Featurizer:
         if d.audio is None and self.audio_from_video and d.video is not None and has_soundtrack(product.video):
             try:
                 d.audio, d.audio_source = load_soundtrack(product.video), "video"
-                d.errors.pop("audio", None)
             except MediaError as e:
                 d.errors.setdefault("audio", str(e))
+            else:
+                if "audio" in d.errors:  # the audio file's error stays, and the fallback is said
+                    d.errors["audio"] += f" The soundtrack of the video {product.video} is used as the audio instead."
+                    d.notes["audio"] = f"{product.id}: the audio file could not be used; the video's soundtrack is the audio."
         return d
+
+    @staticmethod
+    def _text(product: Product) -> str | None:
+        """Title + description, capped at MAX_TEXT_CHARS and cleaned of lone surrogates."""
+        return clean_text(product.text[:MAX_TEXT_CHARS]) or None
 
     # ---------------------------------------------------------------- encode
     def encode(self, decoded: Decoded) -> dict[str, np.ndarray]:
@@ -99,7 +118,7 @@ class Featurizer:
             for i in set(owner.tolist()):
                 out[i]["video.frames"] = pooled[owner == i].astype(np.float16)
         for i, d in enumerate(items):
-            if d.text:
+            if d.text:  # tokenize_text caps and cleans the title and description again
                 out[i]["text.ids"] = tokenize_text(self.tokenizer, d.product.title or d.text,
                                                    d.product.description if d.product.title else "", cfg.max_text_tokens)
             if d.table:

@@ -90,8 +90,11 @@ def test_duplicates_and_empty_products_are_listed(tmp_path):
     assert "no usable modality" in report.problems[1].message and "missing 'id'" in report.problems[2].message
 
 
-def test_build_skips_the_bad_line_and_lists_it(tmp_path, capsys):
+def test_build_skips_the_bad_line_and_lists_it(tmp_path, capsys, monkeypatch, featurizer):
+    from core import featurize
     from core.features import FeatureCache, main
+
+    monkeypatch.setattr(featurize, "Featurizer", lambda *a, **k: featurizer)  # the session's backbones
 
     m = tmp_path / "m.jsonl"
     m.write_bytes(jsonl({"id": "a", "title": "Red mug", "attributes": {"color": "red"}},

@@ -1,17 +1,20 @@
 """SCALE checkpoints: a folder with `config.json` (model config, backbone names, extra) and
 `model.safetensors` (weights; never pickle). Tensors shared between keys (share_text_table) are stored
-once and listed as aliases in the safetensors metadata. Both files are written atomically.
+once and listed as aliases in the safetensors metadata. Both files are written atomically, mode 0644
+(less the umask). Loading checks config.json's values, then the weights' header shapes against the
+model that config describes (built on the meta device), before any real tensor is allocated.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .errors import CheckpointError
 from .model import SCALE
 
@@ -19,14 +22,32 @@ CONFIG, WEIGHTS = "config.json", "model.safetensors"
 FORMAT = "scale-checkpoint/1"
 
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask would, for a moment, in every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def set_file_mode(path: "str | Path") -> None:
+    """0644 less the umask: safetensors' save_file leaves its files 0600, unreadable to a server run as
+    another user (the app) or a colleague."""
+    os.chmod(path, 0o644 & ~_umask())
+
+
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        write(tmp)
+        write(str(tmp))
+        set_file_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -62,10 +83,57 @@ def read_checkpoint_config(directory: "str | Path") -> dict:
                               "(train a model first).")
     try:
         meta = json.loads(path.read_text())
-        ModelConfig.from_dict(meta["model"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint config ({e}). Fix: re-save or retrain the checkpoint.") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"{path}: no \"model\" object in the checkpoint config. Fix: restore the config.json "
+                              "saved with these weights, or retrain.")
+    try:
+        ModelConfig.from_dict(meta["model"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e} (in its \"model\" object; restoring the config.json saved with these "
+                              "weights also fixes it)") from None
     return meta
+
+
+class _ShapesOnly(TorchFunctionMode):
+    """Skips in-place ops (the weight initializers) on meta tensors: they have no data, and their Python meta
+    kernels import sympy on first use (3 s of a cold app start). Modes are per thread: other threads are untouched."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.endswith("__"):
+            first = args[0] if args else next(iter(kwargs.values()), None)
+            if isinstance(first, torch.Tensor) and first.is_meta:
+                return first
+        return func(*args, **kwargs)
+
+
+def _check_shapes(cfg: ModelConfig, path: Path, shapes: dict[str, list[int]], aliases: dict) -> None:
+    """Compare the weights' header shapes with the model `cfg` describes, built on the meta device (no memory),
+    so a config.json that disagrees with its weights (e.g. a huge vocab_size) fails before allocation."""
+    with torch.device("meta"), _ShapesOnly():
+        want = {k: list(v.shape) for k, v in SCALE(cfg, pretrained=False).state_dict().items()}
+    have = dict(shapes)
+    have.update({name: shapes[src] for name, src in aliases.items() if src in shapes})
+    have.setdefault("fusion_center", want.get("fusion_center"))  # saved before it existed
+    config = path.with_name(CONFIG)
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or extra:
+        raise CheckpointError(f"{path}: weights do not match {config}: " + "; ".join(x for x in (
+            f"{len(missing)} tensors missing, e.g. {missing[:3]}" if missing else "",
+            f"{len(extra)} unexpected, e.g. {extra[:3]}" if extra else "") if x)
+            + " (the layer counts in config.json differ from the weights). Fix: restore the config.json saved "
+            "with these weights, load it with the code version that wrote it, or retrain.")
+    for k, shape in want.items():
+        if have[k] != shape:
+            ints = {n: v for n, v in cfg.to_dict().items() if isinstance(v, int) and not isinstance(v, bool)}
+            fields_ = [n for n, v in ints.items() if v in set(shape) - set(have[k])]
+            hint = f" (check {', '.join(fields_)} in config.json)" if fields_ else ""
+            raise CheckpointError(f"{path}: weights do not match {config}: tensor {k!r} is {have[k]} in the "
+                                  f"file but the config asks for {shape}{hint}. Fix: restore the config.json saved "
+                                  "with these weights, or retrain.")
 
 
 def load_checkpoint(directory: "str | Path", device: "str | torch.device" = "cpu") -> SCALE:
@@ -78,16 +146,25 @@ def load_checkpoint(directory: "str | Path", device: "str | torch.device" = "cpu
     path = directory / WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file missing. Fix: re-save the checkpoint or retrain.")
-    try:
+    cfg = ModelConfig.from_dict(meta["model"])
+    corrupt = "corrupt or truncated safetensors file ({}). Fix: re-save the checkpoint or retrain."
+    try:  # the header only: nothing allocated yet
         with safe_open(str(path), framework="pt", device="cpu") as f:
             aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+        if not isinstance(aliases, dict):
+            raise ValueError(f"the 'aliases' metadata is {type(aliases).__name__}, not an object")
     except Exception as e:  # safetensors raises its own error types for corrupt headers / truncation
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e}). "
-                              "Fix: re-save the checkpoint or retrain.") from None
+        raise CheckpointError(f"{path}: " + corrupt.format(e)) from None
+    _check_shapes(cfg, path, shapes, aliases)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - as above
+        raise CheckpointError(f"{path}: " + corrupt.format(e)) from None
     state.update({name: state[src] for name, src in aliases.items() if src in state})
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    model = SCALE(ModelConfig.from_dict(meta["model"]), pretrained=False)
+    model = SCALE(cfg, pretrained=False)
     state.setdefault("fusion_center", torch.zeros_like(model.fusion_center))  # saved before it existed: plain sum
     state.setdefault("fusion_weights", torch.ones_like(model.fusion_weights))  # likewise: equal weights
     state.setdefault("center_count", torch.zeros_like(model.center_count))

@@ -6,13 +6,99 @@ modality is one more entry, not one more field.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .backbones import DEFAULT_TEXT
+from .errors import ScaleError
+from .modalities import FEATURE_MODALITIES, MODALITIES, PRETEXT
 
 MISSING_MODES = ("mask", "zero")
 HARMONIZE_MODES = ("loss", "logits", "none")
+FUSION_MODES = ("pooled", "cls")
+
+
+class ConfigError(ScaleError, ValueError):
+    """A model config value has the wrong type or range (a ValueError too, for older callers)."""
+
+
+def _bad(name: str, want: str, got: object, fix: str = "") -> ConfigError:
+    shown = repr(got) if len(repr(got)) <= 60 else repr(got)[:57] + "..."
+    return ConfigError(f"model config {name!r} must be {want}, got {type(got).__name__} {shown}. "
+                       f"Fix: {fix or f'set {name} to {want}'}.")
+
+
+def _int(lo: int, hi: int | None = None):
+    want = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+
+    def check(name: str, v: object) -> None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            raise _bad(name, want, v)
+    return check
+
+
+def _float(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    want = f"a number {'>' if lo_open else '>='} {lo}" + (f" and {'<' if hi_open else '<='} {hi}" if hi is not None else "")
+
+    def check(name: str, v: object) -> None:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v > lo if lo_open else v >= lo)
+        ok = ok and (hi is None or (v < hi if hi_open else v <= hi))
+        if not ok:
+            raise _bad(name, want, v)
+    return check
+
+
+def _bool(name: str, v: object) -> None:
+    if not isinstance(v, bool):
+        raise _bad(name, "true or false", v)
+
+
+def _text(name: str, v: object) -> None:
+    if not isinstance(v, str) or not v.strip():
+        raise _bad(name, "a non-empty text", v)
+
+
+def _choice(*options: str):
+    def check(name: str, v: object) -> None:
+        if v not in options:
+            raise _bad(name, f"one of {list(options)}", v)
+    return check
+
+
+def _table(keys: tuple[str, ...], value, required: bool = True):
+    """A dict keyed by modality (or task); unknown keys are refused (a typo would be ignored silently)."""
+    def check(name: str, v: object) -> None:
+        example = json.dumps({k: 1 for k in keys})
+        if not isinstance(v, dict):
+            raise _bad(name, f"an object keyed by {list(keys)}", v, f"write it as {example}")
+        unknown = sorted(set(v) - set(keys))
+        absent = sorted(set(keys) - set(v)) if required else []
+        if unknown or absent:
+            raise ConfigError(f"model config {name!r} has " + ", ".join(
+                x for x in (f"unknown keys {unknown}" if unknown else "", f"no {absent}" if absent else "") if x)
+                + f". Fix: use {'exactly ' if required else 'only '}the keys {list(keys)}, for example {example}.")
+        for k, x in v.items():
+            value(f"{name}.{k}", x)
+    return check
+
+
+# type and range of every field; a field added later without an entry here is not checked
+_CHECKS = {
+    "hidden": _int(1), "heads": _int(1), "layers": _table(MODALITIES, _int(0)), "jct_layers": _int(0),
+    "jct_heads": _int(0), "ffn_mult": _int(1), "dropout": _float(0, 1, hi_open=True),
+    "attn_dropout": _float(0, 1, hi_open=True), "layer_norm_eps": _float(0, 1, lo_open=True),
+    "feature_dims": _table(FEATURE_MODALITIES, _int(1)), "box_dim": _int(1), "vocab_size": _int(2),
+    "max_positions": _int(2), "max_items": _int(1), "text_backbone": _text,
+    "init_text_from_pretrained": _bool, "share_text_table": _bool, "missing": _choice(*MISSING_MODES),
+    "harmonize": _choice(*HARMONIZE_MODES), "detach_harmony": _bool, "temperature": _float(0, lo_open=True),
+    "learn_temperature": _bool, "loss_weights": _table((*PRETEXT.values(), "contrastive"), _float(0), required=False),
+    "topk": _int(1), "fusion": _choice(*FUSION_MODES), "center_fusion": _bool,
+    "pool": _table(MODALITIES, _choice("mean", "first"), required=False), "first_item": _choice("mean", "cls"),
+    "image_global": _choice("masked", "given"), "center_harmony": _bool,
+    "harmony_temperature": _float(0, lo_open=True), "center_momentum": _float(0, 1),
+}
 
 
 @dataclass
@@ -72,31 +158,27 @@ class ModelConfig:
     center_momentum: float = 0.99
 
     def __post_init__(self) -> None:
-        if self.missing not in MISSING_MODES:
-            raise ValueError(f"missing must be one of {MISSING_MODES}, got {self.missing!r}")
-        if self.harmonize not in HARMONIZE_MODES:
-            raise ValueError(f"harmonize must be one of {HARMONIZE_MODES}, got {self.harmonize!r}")
-        if self.fusion not in ("pooled", "cls"):
-            raise ValueError(f"fusion must be 'pooled' or 'cls', got {self.fusion!r}")
-        bad_pool = {m: v for m, v in self.pool.items() if v not in ("mean", "first")}
-        if bad_pool:
-            raise ValueError(f"pool values must be 'mean' or 'first', got {bad_pool}")
-        if self.first_item not in ("mean", "cls"):
-            raise ValueError(f"first_item must be 'mean' or 'cls', got {self.first_item!r}")
-        if self.image_global not in ("masked", "given"):
-            raise ValueError(f"image_global must be 'masked' or 'given', got {self.image_global!r}")
-        if not self.harmony_temperature > 0:
-            raise ValueError(f"harmony_temperature must be > 0, got {self.harmony_temperature}")
-        if self.hidden % self.heads or self.hidden % (self.jct_heads or self.heads):
-            raise ValueError(f"hidden {self.hidden} must be divisible by the number of heads")
+        """Check the type and range of every field (ConfigError naming the field and the fix), before any
+        model is built from it: a config.json with `heads: 0` or `layers: [...]` must not reach torch."""
+        for f in fields(self):
+            if f.name in _CHECKS:
+                _CHECKS[f.name](f.name, getattr(self, f.name))
+        for name, heads in (("heads", self.heads), ("jct_heads", self.jct_heads or self.heads)):
+            if self.hidden % heads:
+                raise ConfigError(f"model config 'hidden' {self.hidden} must be divisible by {name!r} {heads}. "
+                                  f"Fix: pick a number of heads that divides {self.hidden} (or change hidden).")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict, legacy: bool = True) -> "ModelConfig":
-        """A config dict. legacy=True (a saved checkpoint's config): fields it predates take the
+        """A config dict; keys this version does not know are ignored (a newer checkpoint) and every
+        known one is checked. legacy=True (a saved checkpoint's config): fields it predates take the
         behaviour it was trained with (LEGACY); legacy=False: they take today's defaults."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a model config must be a JSON object of field -> value, got {type(d).__name__}. "
+                              "Fix: write it as {\"hidden\": 384, \"heads\": 12, ...}.")
         known = {f.name for f in fields(cls)}
         legacy = {k: v for k, v in LEGACY.items() if k not in d} if legacy else {}
         return cls(**legacy, **{k: v for k, v in d.items() if k in known})

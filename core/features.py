@@ -5,13 +5,17 @@
 Layout (never pickle): DIR/index.json and DIR/shards/shard-NNNNN.safetensors, whose tensors are
 named `<product id>/<feature key>`. Each shard is written to a temp file and renamed, then the
 index is rewritten the same way, so a killed run loses at most the chunk in flight; re-running
-skips the products already in the index.
+skips the products already in the index. A new shard takes a number above every shard on disk or in
+the index, reserved with O_EXCL, so a build never overwrites a live shard. Products that failed (a
+broken file) are retried by the next build; index entries whose shard file was deleted are rebuilt.
+Bad manifest lines are skipped and listed in the summary; the other products are built.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -23,9 +27,27 @@ import numpy as np
 from .backbones import BackboneConfig, set_offline
 from .errors import CacheError, ScaleError
 from .modalities import pattern
-from .records import Product, read_manifest
+from .records import Product, scan_manifest
 
 VERSION = 1
+
+
+_SHARD_NUMBER = re.compile(r"^shard-(\d+)")
+
+
+def _reserve_shard(shards: Path, taken: set[str]) -> str:
+    """A new shard name numbered above every shard on disk and in the index; O_EXCL makes the claim, so
+    neither a deleted-and-rebuilt shard nor a second build can reuse a live name."""
+    numbers = [int(m.group(1)) for n in (*taken, *(p.name for p in shards.iterdir()))
+               if (m := _SHARD_NUMBER.match(n))]
+    n = max(numbers, default=-1) + 1
+    while True:
+        name = f"shard-{n:05d}.safetensors"
+        try:
+            os.close(os.open(shards / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return name
+        except FileExistsError:
+            n += 1
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -76,7 +98,9 @@ class FeatureCache:
             try:
                 self._shards[name] = load_file(str(path))
             except Exception as e:  # noqa: BLE001 - any read failure of the shard means the same fix
-                raise CacheError(f"{path}: unreadable shard ({e}). Fix: delete it and its index entries, or rebuild the cache.") from None
+                raise CacheError(f"{path}: unreadable shard ({e}). Fix: delete this shard file and build again "
+                                 f"(`python -m core.features build --manifest M --out {self.root}` re-extracts its "
+                                 "products).") from None
         return self._shards[name]
 
     def __getitem__(self, pid: str) -> dict[str, np.ndarray]:
@@ -86,7 +110,16 @@ class FeatureCache:
             raise KeyError(f"product {pid!r} is not in the feature cache {self.root}") from None
         shard = self._shard(entry["shard"])
         prefix = pid + "/"
-        return {k[len(prefix):]: v for k, v in shard.items() if k.startswith(prefix)}
+        feats = {k[len(prefix):]: v for k, v in shard.items() if k.startswith(prefix)}
+        from .featurize import feature_present
+
+        got = pattern(feature_present(feats))
+        if got != entry["pattern"]:  # e.g. the shard was overwritten: never hand back {} as a product
+            raise CacheError(f"{self.root / 'shards' / entry['shard']}: product {pid!r} is indexed with modalities "
+                             f"{entry['pattern']} but the shard holds {got}. Fix: delete this shard file and build "
+                             f"again (`python -m core.features build --manifest M --out {self.root}` re-extracts "
+                             "the products of deleted shards).")
+        return feats
 
     def present(self, pid: str) -> list[bool]:
         return [c != "-" for c in self.products[pid]["pattern"]]
@@ -110,44 +143,69 @@ def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None,
     (out / "shards").mkdir(parents=True, exist_ok=True)
     index_path = out / "index.json"
     if index_path.is_file():
-        index = json.loads(index_path.read_text())
+        try:
+            index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as e:
+            raise CacheError(f"{index_path}: corrupt index ({e}). Fix: delete the folder and build again.") from None
         if index.get("backbones") != cfg.to_dict():
             raise CacheError(f"{index_path}: cache was built with other backbones {index.get('backbones')}. "
                              "Fix: use another --out folder, or delete this one.")
     else:
         index = {"version": VERSION, "backbones": cfg.to_dict(), "manifest": str(manifest), "products": {}, "failures": {}}
-    all_products = list(products) if products is not None else read_manifest(manifest)
+    problems = []
+    if products is None:
+        report = scan_manifest(manifest)  # a bad line skips that product only; the summary lists it
+        all_products, problems = report.products, [q.to_json() for q in report.problems]
+    else:
+        all_products = list(products)
     if limit:
         all_products = all_products[:limit]
-    todo = [p for p in all_products if p.id not in index["products"] and p.id not in index["failures"]]
+    index.setdefault("failures", {})
+    index["manifest_problems"] = problems
+    shards = out / "shards"
+    # following the repair advice (delete a bad shard): its products are extracted again
+    gone = sorted(pid for pid, e in index["products"].items() if not (shards / e["shard"]).is_file())
+    for pid in gone:
+        del index["products"][pid]
+    # failed products are retried: the broken file may have been fixed since
+    todo = [p for p in all_products if p.id not in index["products"] or p.id in index["failures"]]
+    retried = [p.id for p in todo if p.id in index["failures"]]
     started = time.time()
-    n_shard = len(list((out / "shards").glob("shard-*.safetensors")))
     featurizer = Featurizer(cfg, device) if todo else None
     bar = tqdm(total=len(todo), unit="product", disable=not progress, desc="features", dynamic_ncols=True)
     for group in _chunks(todo, chunk):
         decoded = [featurizer.decode(p) for p in group]
         feats = featurizer.encode_many(decoded)
         tensors: dict[str, np.ndarray] = {}
-        name = f"shard-{n_shard:05d}.safetensors"
+        name = _reserve_shard(shards, {e["shard"] for e in index["products"].values()})
         entries = {}
         for p, d, f in zip(group, decoded, feats):
+            index["failures"].pop(p.id, None)
             if d.errors:
                 index["failures"][p.id] = {"modalities": d.errors}
             if not f:
                 index["failures"].setdefault(p.id, {})["rejected"] = f"product {p.id!r} has no usable modality left."
+                index["products"].pop(p.id, None)  # a retried product whose last file broke since
                 continue
             for k, v in f.items():
                 tensors[f"{p.id}/{k}"] = np.ascontiguousarray(v)
             entries[p.id] = {"shard": name, "pattern": pattern(feature_present(f)), "split": p.split, "category": p.category}
         if tensors:
-            _atomic_write_bytes(out / "shards" / name, save_bytes(tensors))
-            n_shard += 1
+            _atomic_write_bytes(shards / name, save_bytes(tensors))
+        else:
+            (shards / name).unlink(missing_ok=True)  # the reservation of a chunk where every product failed
         index["products"].update(entries)
         _atomic_write_bytes(index_path, json.dumps(index).encode())
         bar.update(len(group))
+    if not todo:  # the manifest problems of this build are still recorded
+        _atomic_write_bytes(index_path, json.dumps(index).encode())
     bar.close()
     elapsed = time.time() - started
-    return summarize(index, elapsed, len(todo))
+    s = summarize(index, elapsed, len(todo))
+    s["retried"] = len(retried)
+    s["still_failing"] = [pid for pid in retried if pid in index["failures"]]
+    s["rebuilt_missing_shards"] = len(gone)
+    return s
 
 
 def summarize(index: dict, elapsed: float = 0.0, processed: int = 0) -> dict:
@@ -159,6 +217,7 @@ def summarize(index: dict, elapsed: float = 0.0, processed: int = 0) -> dict:
         "products_per_s": round(processed / elapsed, 2) if elapsed > 0 else None,
         "patterns": dict(patterns.most_common()),
         "failures": index["failures"],
+        "manifest_problems": index.get("manifest_problems", []),
     }
 
 
@@ -177,6 +236,19 @@ def print_summary(s: dict) -> None:
             print(f"  {pid} REJECTED: {f['rejected']}")
     if len(fails) > 50:
         print(f"  ... and {len(fails) - 50} more (see index.json)")
+    if s.get("retried"):
+        still = s.get("still_failing", [])
+        print(f"{s['retried']} products that had failed were retried: {s['retried'] - len(still)} now build, "
+              f"{len(still)} still fail" + (f" ({', '.join(still[:20])}{' ...' if len(still) > 20 else ''})" if still else ""))
+    if s.get("rebuilt_missing_shards"):
+        print(f"{s['rebuilt_missing_shards']} products whose shard file was deleted were extracted again")
+    probs = s.get("manifest_problems", [])
+    if probs:
+        print(f"{len(probs)} manifest lines were skipped (their products are not in the cache):")
+        for q in probs[:50]:
+            print(f"  {q['message']}")
+        if len(probs) > 50:
+            print(f"  ... and {len(probs) - 50} more (see index.json, 'manifest_problems')")
 
 
 def main(argv: list[str] | None = None) -> int:

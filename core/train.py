@@ -29,10 +29,10 @@ import torch.distributed as dist
 
 from .backbones import resolve_device, set_offline
 from .catalog import fusion_center
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, set_file_mode
 from .config import get_config
 from .dataset import Collator, FeatureDataset, batch_to
-from .errors import ScaleError
+from .errors import CheckpointError, ScaleError
 from .features import FeatureCache, build_cache
 from .modalities import MODALITIES
 from .model import SCALE
@@ -198,8 +198,22 @@ def _load_state(path: Path, optimizer, scheduler) -> dict:
     return meta
 
 
+def _seal(folder: Path) -> None:
+    """Mode 0644 (less the umask) and flushed to disk, before the rename makes the folder LATEST: a crash must
+    not leave LATEST naming truncated files, and safetensors writes its files 0600."""
+    for f in folder.iterdir():
+        if f.is_file():
+            set_file_mode(f)
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 def write_checkpoint(run: Path, model, optimizer, scheduler, meta: dict, keep: int = 2) -> Path:
-    """Model + trainer state into checkpoints/step-N, via a temp folder renamed into place, then LATEST."""
+    """Model + trainer state into checkpoints/step-N, via a temp folder renamed into place, then LATEST.
+    The `keep` newest are kept, so an intact one stays beside the newest. Files are mode 0644 (less the umask)."""
     root = run / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{meta['step']:07d}"
@@ -207,6 +221,7 @@ def write_checkpoint(run: Path, model, optimizer, scheduler, meta: dict, keep: i
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(model, tmp, extra={"train": meta})
     _save_state(tmp, optimizer, scheduler, meta)
+    _seal(tmp)
     final = root / name
     if final.exists():
         shutil.rmtree(final)
@@ -219,10 +234,47 @@ def write_checkpoint(run: Path, model, optimizer, scheduler, meta: dict, keep: i
     return final
 
 
-def latest_checkpoint(run: Path) -> Path | None:
-    f = run / "LATEST"
-    if f.is_file() and (run / "checkpoints" / f.read_text().strip()).is_dir():
-        return run / "checkpoints" / f.read_text().strip()
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a trainer checkpoint cannot be resumed from (None when it can): every file is opened, the
+    safetensors headers and sizes are checked and trainer.json is parsed. No tensor is loaded."""
+    from safetensors import safe_open
+
+    from .checkpoint import read_checkpoint_config
+
+    try:
+        read_checkpoint_config(ckpt)
+        for name in ("model.safetensors", "trainer.safetensors"):
+            path = ckpt / name
+            if not path.is_file():
+                return f"{path} is missing"
+            with safe_open(str(path), framework="pt", device="cpu") as f:  # checks the header against the size
+                f.keys()
+        meta = json.loads((ckpt / "trainer.json").read_text())
+        missing = [k for k in ("step", "epoch", "in_epoch", "param_groups", "state_meta", "scheduler") if k not in meta]
+        if missing:
+            return f"{ckpt / 'trainer.json'} lacks {missing}"
+    except ScaleError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - safetensors / json / OS errors all mean "unreadable"
+        return f"{ckpt}: unreadable ({type(e).__name__}: {e})"
+    return None
+
+
+def latest_checkpoint(run: Path, skipped: list[str] | None = None) -> Path | None:
+    """The newest intact checkpoint of a run: the one LATEST names, else the newest step-N folder that opens.
+    Each one passed over is appended to `skipped` with the reason."""
+    root = run / "checkpoints"
+    named = (run / "LATEST").read_text().strip() if (run / "LATEST").is_file() else ""
+    candidates = sorted(root.glob("step-*"), key=lambda p: p.name, reverse=True) if root.is_dir() else []
+    if named and (root / named) in candidates:  # LATEST first, then newest to oldest
+        candidates.remove(root / named)
+        candidates.insert(0, root / named)
+    for ckpt in candidates:
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        if skipped is not None:
+            skipped.append(f"{ckpt.name}: {problem}")
     return None
 
 
@@ -233,10 +285,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     keep = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
+            rec = json.loads(line)
         except json.JSONDecodeError:  # a line cut by the kill
-            pass
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
+            keep.append(line)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(l + "\n" for l in keep))
     os.replace(tmp, path)
@@ -364,7 +417,13 @@ def train(a: TrainArgs) -> Path:
     fit_ids = select_ids(cache, products, a.fit_fusion_on) if a.fit_fusion_on else []
     fit_set = FeatureDataset(cache, fit_ids) if len(fit_ids) >= 2 else None
 
-    ckpt = latest_checkpoint(run) if a.resume else None
+    skipped: list[str] = []
+    ckpt = latest_checkpoint(run, skipped) if a.resume else None
+    if is_main and skipped:
+        print("skipped unreadable checkpoints: " + "; ".join(skipped), file=sys.stderr)
+    if is_main and a.resume and ckpt is None:
+        print(f"--resume: no intact checkpoint in {run / 'checkpoints'}; starting from step 0 "
+              "(metrics.jsonl restarted)", file=sys.stderr)
     model = load_checkpoint(ckpt, device) if ckpt else SCALE(cfg).to(device)
     if ckpt:
         cfg = model.cfg
@@ -375,7 +434,11 @@ def train(a: TrainArgs) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, a.warmup))
     step, epoch, in_epoch, elapsed0 = 0, 0, 0, 0.0
     if ckpt:
-        meta = _load_state(ckpt, optimizer, scheduler)
+        try:
+            meta = _load_state(ckpt, optimizer, scheduler)
+        except (KeyError, ValueError, RuntimeError, OSError) as e:  # a checkpoint of another model or optimizer
+            raise CheckpointError(f"{ckpt}: its trainer state does not fit this run ({type(e).__name__}: "
+                                  f"{str(e)[:300]}). Fix: resume with the arguments that wrote it, or use a new --out.") from None
         step, epoch, in_epoch, elapsed0 = meta["step"], meta["epoch"], meta["in_epoch"], meta.get("elapsed", 0.0)
         if is_main:
             print(f"resumed from {ckpt} at step {step} (epoch {epoch}, batch {in_epoch})", file=sys.stderr)
@@ -389,7 +452,7 @@ def train(a: TrainArgs) -> Path:
         signal.signal(s, on_signal)
 
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    if is_main and ckpt:  # the killed run may have logged steps past its last checkpoint
+    if is_main and a.resume:  # the killed run may have logged steps past its last checkpoint (or had none)
         _truncate_metrics(run / "metrics.jsonl", step)
     metrics_f = open(run / "metrics.jsonl", "a") if is_main else None
     started, last_save = time.time(), time.time()

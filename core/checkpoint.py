@@ -19,6 +19,8 @@ from .errors import CheckpointError
 from .model import SCALE
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+# buffers added after the first checkpoints; an older file lacks them and loads with their neutral value
+OPTIONAL_BUFFERS = ("fusion_center", "fusion_weights", "center_count")
 FORMAT = "scale-checkpoint/1"
 
 
@@ -117,7 +119,8 @@ def _check_shapes(cfg: ModelConfig, path: Path, shapes: dict[str, list[int]], al
         want = {k: list(v.shape) for k, v in SCALE(cfg, pretrained=False).state_dict().items()}
     have = dict(shapes)
     have.update({name: shapes[src] for name, src in aliases.items() if src in shapes})
-    have.setdefault("fusion_center", want.get("fusion_center"))  # saved before it existed
+    for name in OPTIONAL_BUFFERS:  # saved before they existed
+        have.setdefault(name, want.get(name))
     config = path.with_name(CONFIG)
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing or extra:

@@ -93,7 +93,7 @@ def _files_under(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()]
 
 
-@pytest.mark.parametrize("bad", ["../../x", "ABS", "a\x00b/../../y", "..", "/"])
+@pytest.mark.parametrize("bad", ["../../x", "ABS", "a\x00b/../../y", ".."])
 def test_product_id_cannot_write_outside_the_upload_folder(bare_explorer, tmp_path, bad):
     from core.synth import COLORS, draw_shape, write_image
 

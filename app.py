@@ -30,13 +30,13 @@ else:
     cat, built = ak.require_catalog(s, ex)
     cats = sorted(set(cat.categories.tolist()) - {""})
     c2.success(f"**Catalog** {len(cat):,} products, {len(cats)} categories"
-               + (" (embedded from the examples now)" if built else f"\n\n`{s.catalog_path}`"))
+               + (" (embedded from the examples now)" if built else f"\n\n`{ak.label(s.catalog_path)}`"))
 man, generated = ak.examples_manifest(s)
 if generated:
     c3.warning("**Examples: generated.** The shop3k manifest was not found, so the example products are "
                "synthetic shapes with tones (core.synth), not real products.")
 else:
-    c3.info(f"**Examples** from `{man}` (titles and thumbnails come from it).")
+    c3.info(f"**Examples** from `{ak.label(man)}` (titles and thumbnails come from it).")
 
 st.subheader("Pages")
 st.page_link("pages/1_Upload_and_inspect.py", label="1 · Upload and inspect: any subset of the five modalities, decoded", icon=":material/upload:")
@@ -58,5 +58,4 @@ else:
 if not problem and (s.ckpt_dir / "card.md").is_file():
     with st.expander("Model card (card.md)"):
         st.markdown((s.ckpt_dir / "card.md").read_text(encoding="utf-8", errors="replace"))
-ak.downloads("session", {"checkpoint": str(s.ckpt_dir), "catalog": str(s.catalog_path), "examples": str(man),
-                         "generated_examples": generated, "products": {n: e["product"].to_json() for n, e in prods.items()}})
+ak.downloads("session", ak.session_record(s, man, generated, prods))

@@ -5,7 +5,9 @@ Session state keys (the only state that crosses pages):
                                 "errors": dict[str, str], "generated": bool}
     current    str | None       name of the product the pages show (the sidebar's `current_pick` mirrors it)
     compare    str | None       a second product for side-by-side views (Modality scores)
-    ckpt_dir, catalog_path, manifest_path, device   sidebar widgets (settings)
+    ckpt_dir, catalog_path, manifest_path, device   sidebar widgets (settings); the three paths are always
+                                resolved paths under the roots (core.roots), checked on every run
+    upload_space UploadSpace    this session's upload folder (removed with the session)
 
 Heavy objects (model + backbones, fitted projections, the examples folder) are in st.cache_resource;
 derived data (catalog embeddings, training logs, catalog-wide contributions) in st.cache_data. Each
@@ -17,6 +19,7 @@ import base64
 import gc
 import io
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -29,14 +32,17 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core import roots as rt
 from core.catalog import Catalog
 from core.errors import ScaleError
+from core.explorer import UploadSpace, find_train_log, read_train_log
 from core.modalities import MODALITIES
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "scale-shop3k-small"
 SHOP3K_MANIFEST = ROOT.parent / "shared" / "data" / "shop3k" / "manifest.jsonl"
 GREY = "#d9d9d9"
+log = logging.getLogger("scale.app")
 
 
 # ---------------------------------------------------------------- settings
@@ -55,23 +61,96 @@ def _mtime(p: Path | None) -> float:
         return 0.0
 
 
-def sidebar() -> Settings:
-    """Checkpoint, catalog, manifest and device pickers (defaults from SCALE_CHECKPOINT / SCALE_CATALOG /
-    SCALE_MANIFEST, else the shipped checkpoint, its catalog.npz and shop3k when it is beside the repo)."""
+def server_roots() -> list[Path]:
+    """The folders the app may read (core.roots: checkpoints/, ../shared/data, env SCALE_ROOTS)."""
+    return rt.configured_roots()
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _found(roots: tuple[str, ...]) -> dict[str, list[str]]:
+    """What the pickers offer; looked up again after 30 s, so a new checkpoint shows up without a restart."""
+    rs = [Path(r) for r in roots]
+    return {"ckpt_dir": [str(p) for p in rt.find_checkpoints(rs)],
+            "catalog_path": [str(p) for p in rt.find_catalogs(rs)],
+            "manifest_path": [str(p) for p in rt.find_manifests(rs)]}
+
+
+def label(path: str | Path | None) -> str:
+    """A path as users see it: "<root name>/<inside the root>", never the server's absolute path."""
+    return rt.label(path, server_roots()) if path else ""
+
+
+def public(text: str) -> str:
+    """An error message fit for a remote user: root folders by name, the session's upload folder dropped."""
+    space = st.session_state.get("upload_space")
+    return rt.scrub(str(text), server_roots(), [space.path] if space is not None else [])
+
+
+def _env_choice(var: str, rs: list[Path]) -> str:
+    """The env variable's path when it lies under a root (the operator's default); else ""."""
+    v = os.environ.get(var, "")
+    if not v:
+        return ""
+    try:
+        return str(rt.allowed(v, rs))
+    except rt.PathRefused:
+        log.warning("%s=%s lies outside the roots %s, so it is ignored. Fix: add its folder to SCALE_ROOTS.",
+                    var, v, [str(r) for r in rs])
+        return ""
+
+
+def _checked(key: str, default: str, rs: list[Path]) -> str:
+    """The session's value for `key` when it lies under a root, else `default`. Every value passes here
+    before it is used, whether it came from the picker, a test or anything else writing session state."""
     ss = st.session_state
-    ss.setdefault("ckpt_dir", os.environ.get("SCALE_CHECKPOINT", str(DEFAULT_CHECKPOINT)))
-    ss.setdefault("catalog_path", os.environ.get("SCALE_CATALOG", ""))
-    ss.setdefault("manifest_path", os.environ.get("SCALE_MANIFEST", str(SHOP3K_MANIFEST) if SHOP3K_MANIFEST.is_file() else ""))
+    v = ss.get(key, default)
+    if v:
+        try:
+            v = str(rt.allowed(v, rs))
+        except rt.PathRefused:
+            log.warning("refused %s=%r: outside the roots", key, v)
+            ss["_refused"] = True
+            v = default
+    ss[key] = v  # re-assigning keeps a widget's value when another page renders it (Streamlit drops it otherwise)
+    return v
+
+
+def sidebar() -> Settings:
+    """Checkpoint, catalog, manifest and device pickers. The choices are what lies under the roots
+    (core.roots); defaults: SCALE_CHECKPOINT / SCALE_CATALOG / SCALE_MANIFEST when they lie under a root,
+    else the shipped checkpoint, its catalog.npz and shop3k when it is beside the repo."""
+    ss = st.session_state
+    rs = server_roots()
+    found = _found(tuple(str(r) for r in rs))
+    ckpts = found["ckpt_dir"]
+    ck_default = (_env_choice("SCALE_CHECKPOINT", rs)
+                  or (str(DEFAULT_CHECKPOINT.resolve()) if str(DEFAULT_CHECKPOINT.resolve()) in ckpts else "")
+                  or (ckpts[0] if ckpts else str(DEFAULT_CHECKPOINT)))
+    shop3k = str(SHOP3K_MANIFEST.resolve()) if SHOP3K_MANIFEST.is_file() and rt.is_allowed(SHOP3K_MANIFEST, rs) else ""
+    chosen = {"ckpt_dir": _checked("ckpt_dir", ck_default, rs),
+              "catalog_path": _checked("catalog_path", _env_choice("SCALE_CATALOG", rs), rs),
+              "manifest_path": _checked("manifest_path", _env_choice("SCALE_MANIFEST", rs) or shop3k, rs)}
+    if not chosen["ckpt_dir"]:
+        chosen["ckpt_dir"] = ss["ckpt_dir"] = ck_default
     ss.setdefault("device", "auto")
-    for k in ("ckpt_dir", "catalog_path", "manifest_path", "device"):
-        if k in ss:  # re-assigning keeps a widget's value when another page renders it (Streamlit drops it otherwise)
-            ss[k] = ss[k]
+    ss["device"] = ss["device"] if ss["device"] in ("auto", "cpu") else "auto"
+    if ss.pop("_refused", False):
+        st.error(rt.REFUSED)
+
+    def options(key: str, blank: bool) -> list[str]:
+        opts = ([""] if blank else []) + found[key]
+        return opts if chosen[key] in opts else opts + [chosen[key]]
+
     with st.sidebar:
-        st.text_input("Checkpoint folder", key="ckpt_dir", help="config.json + model.safetensors (env SCALE_CHECKPOINT)")
-        st.text_input("Catalog embeddings (.npz)", key="catalog_path", placeholder="<checkpoint>/catalog.npz",
-                      help="empty: the checkpoint's catalog.npz (env SCALE_CATALOG)")
-        st.text_input("Catalog manifest (titles, thumbnails, examples)", key="manifest_path",
-                      placeholder="generated examples", help="empty: generated example products (env SCALE_MANIFEST)")
+        st.selectbox("Checkpoint", options("ckpt_dir", False), key="ckpt_dir", format_func=label,
+                     help="folders holding config.json + model.safetensors under the server's roots "
+                          "(default: env SCALE_CHECKPOINT)")
+        st.selectbox("Catalog embeddings (.npz)", options("catalog_path", True), key="catalog_path",
+                     format_func=lambda p: label(p) or "the checkpoint's catalog.npz",
+                     help="default: the checkpoint's catalog.npz (env SCALE_CATALOG)")
+        st.selectbox("Catalog manifest (titles, thumbnails, examples)", options("manifest_path", True),
+                     key="manifest_path", format_func=lambda p: label(p) or "generated examples",
+                     help="files named *manifest* under the server's roots (env SCALE_MANIFEST)")
         st.radio("Device", ["auto", "cpu"], key="device", horizontal=True, help="auto = CUDA when present")
         names = list(ss.get("products", {}))
         if names:
@@ -81,9 +160,9 @@ def sidebar() -> Settings:
             ss["current_pick"] = ss["current"]
             st.selectbox("Current product", names, key="current_pick",
                          on_change=lambda: ss.update(current=ss["current_pick"]))
-    ckpt = Path(ss["ckpt_dir"]).expanduser()
-    catalog = Path(ss["catalog_path"]).expanduser() if ss["catalog_path"] else ckpt / "catalog.npz"
-    manifest = Path(ss["manifest_path"]).expanduser() if ss["manifest_path"] else None
+    ckpt = Path(chosen["ckpt_dir"])
+    catalog = Path(chosen["catalog_path"]) if chosen["catalog_path"] else ckpt / "catalog.npz"
+    manifest = Path(chosen["manifest_path"]) if chosen["manifest_path"] else None
     return Settings(ckpt, catalog, manifest, ss["device"])
 
 
@@ -109,10 +188,8 @@ def _explorer(ckpt: str, device: str, mtime: float):
     ex = Explorer.load(ckpt, device)
     try:
         ex.warm_up()  # the first upload then costs what every later one does
-    except Exception as e:  # noqa: BLE001 - only a speed-up: the app works without it
-        import logging
-
-        logging.getLogger(__name__).warning("warm-up skipped: %s", e)
+    except Exception:  # noqa: BLE001 - only a speed-up: the app works without it
+        log.warning("warm-up skipped", exc_info=True)
     # The model, backbones and libraries live as long as the process: move them out of the cyclic
     # collector's view. Full collections scanning them cost 0.45-0.77 s in an upload (measured).
     gc.collect()
@@ -121,11 +198,12 @@ def _explorer(ckpt: str, device: str, mtime: float):
 
 
 def checkpoint_problem(ckpt: Path) -> str | None:
+    """Only asked of a chosen checkpoint (under a root), so saying what exists there reveals nothing else."""
     if not ckpt.is_dir():
-        return f"{ckpt}: checkpoint folder not found."
+        return f"{label(ckpt)}: checkpoint folder not found."
     missing = [f for f in ("config.json", "model.safetensors") if not (ckpt / f).is_file()]
     if missing:
-        return f"{ckpt}: checkpoint folder lacks {', '.join(missing)}."
+        return f"{label(ckpt)}: checkpoint folder lacks {', '.join(missing)}."
     return None
 
 
@@ -133,8 +211,8 @@ def how_to_make_checkpoint() -> str:
     return ("Fix: train one and evaluate it, for example\n\n"
             "```\npython -m core.train --manifest ../shared/data/shop3k/manifest.jsonl --out runs/shop3k-small\n"
             "python -m core.evaluate ...   # writes metrics.json and catalog.npz beside the model\n```\n"
-            "then copy the run's model folder to `checkpoints/scale-shop3k-small/`, or set the sidebar's "
-            "*Checkpoint folder* (env `SCALE_CHECKPOINT`) to any folder holding `config.json` + `model.safetensors`.")
+            "then copy the run's model folder to `checkpoints/scale-shop3k-small/` and pick it in the sidebar's "
+            "*Checkpoint* list (the server's administrator can add folders with `SCALE_ROOTS`).")
 
 
 def require_explorer(s: Settings):
@@ -146,7 +224,8 @@ def require_explorer(s: Settings):
     try:
         return _explorer(str(s.ckpt_dir.resolve()), s.device, _mtime(s.ckpt_dir / "model.safetensors"))
     except (ScaleError, OSError, ValueError, KeyError, RuntimeError) as e:
-        st.error(f"{s.ckpt_dir}: the checkpoint could not be loaded ({e}). Fix: point the sidebar at a "
+        log.exception("checkpoint %s could not be loaded", s.ckpt_dir)  # the traceback stays on the server
+        st.error(f"{label(s.ckpt_dir)}: the checkpoint could not be loaded ({public(str(e))}). Fix: pick a "
                  "checkpoint written by core.checkpoint.save_checkpoint for this code version.")
         st.stop()
 
@@ -212,9 +291,10 @@ def require_catalog(s: Settings, ex) -> tuple[Catalog, bool]:
         try:
             return _catalog(str(s.catalog_path), _mtime(s.catalog_path), str(man), _mtime(man)), False
         except ScaleError as e:
-            st.error(str(e))
+            log.exception("catalog %s could not be loaded", s.catalog_path)
+            st.error(public(str(e)))
             st.stop()
-    st.info(f"{s.catalog_path} does not exist, so the catalog here is the first 64 "
+    st.info(f"{label(s.catalog_path)} does not exist, so the catalog here is the first 64 "
             f"{'generated example' if generated else 'manifest'} products embedded now "
             "(the evaluator writes catalog.npz for the whole catalog).")
     cat = _built_catalog(str(s.ckpt_dir.resolve()), s.device, _mtime(s.ckpt_dir / "model.safetensors"), str(man), 64)
@@ -238,6 +318,43 @@ def catalog_key(s: Settings, cat: Catalog) -> str:
 # ---------------------------------------------------------------- session products
 def products() -> dict[str, dict]:
     return st.session_state.setdefault("products", {})
+
+
+def upload_folder() -> Path:
+    """This browser session's upload folder. The UploadSpace lives in session state, so the folder is
+    removed when Streamlit drops the session (or at the latest when the server process exits)."""
+    ss = st.session_state
+    space = ss.get("upload_space")
+    if space is None or not space.alive:
+        space = ss["upload_space"] = UploadSpace()
+    return space.path
+
+
+def _media_name(p: str | None) -> str | None:
+    return Path(p).name if p else None
+
+
+def session_record(s: Settings, examples: Path, generated: bool, prods: dict[str, dict]) -> dict:
+    """The home page's session download: settings as root-relative labels and products' media by file name,
+    so it carries no server path."""
+    out = {}
+    for n, e in prods.items():
+        d = e["product"].to_json()
+        d.update(images=[_media_name(p) for p in d.get("images") or []], video=_media_name(d.get("video")),
+                 audio=_media_name(d.get("audio")))
+        out[n] = d
+    return {"checkpoint": label(s.ckpt_dir), "catalog": label(s.catalog_path),
+            "examples": "generated examples" if generated else label(examples), "generated_examples": generated,
+            "products": out}
+
+
+def train_log(s: Settings):
+    """The chosen checkpoint's training log (core.explorer.read_train_log), only when it lies under a root
+    (the reader also looks one and two folders up, for a run's checkpoint)."""
+    path = find_train_log(s.ckpt_dir)
+    if path is None or not rt.is_allowed(path, server_roots()):
+        return None
+    return read_train_log(path)
 
 
 def add_product(ex, name: str, product, decoded, errors: dict, generated: bool = False) -> dict | None:
@@ -377,6 +494,7 @@ def _png(fig_json: str) -> bytes | None:
 
         return pio.to_image(pio.from_json(fig_json), format="png", scale=2)
     except Exception:  # noqa: BLE001 - any kaleido/browser failure means "no PNG", shown as a caption
+        log.warning("PNG export failed", exc_info=True)
         return None
 
 
@@ -432,6 +550,7 @@ def feature_source(s: Settings, cat: Catalog):
                 if len(cat) and str(cat.ids[0]) in fc:
                     return fc
             except (ScaleError, OSError, ValueError):
+                log.warning("feature cache %s not usable", c, exc_info=True)
                 continue
     return None
 

@@ -17,8 +17,10 @@ import copy
 import os
 import json
 import re
+import shutil
 import tempfile
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -30,7 +32,7 @@ from .backbones import BackboneConfig, resolve_device, set_offline
 from .catalog import Catalog, collator_for, forward_items, model_device
 from .contributions import attention_shares, subset_features
 from .dataset import FEATURE_KEYS, ID_KEYS, batch_to
-from .errors import CheckpointError, MediaError, ScaleError
+from .errors import CheckpointError, MediaError, RecordError, ScaleError
 from .featurize import Decoded, Featurizer
 from .media import parse_table
 from .modalities import FEATURE_MODALITIES, MODALITIES, TOKEN_MODALITIES
@@ -89,6 +91,30 @@ def _safe_name(name: str) -> str:
     return base or "upload"
 
 
+def safe_product_id(product_id: str) -> str:
+    """A product id usable as one folder name: letters, digits, `.`, `_`, `-` only, no leading dot, at most
+    80 characters. "../../x", "/etc/x" and NUL bytes all become plain names inside the upload folder."""
+    pid = re.sub(r"[^A-Za-z0-9._-]+", "_", str(product_id)).lstrip(".")[:80]
+    return pid or f"upload-{uuid.uuid4().hex[:8]}"
+
+
+class UploadSpace:
+    """A temporary folder for uploads, removed with everything in it when this object is garbage-collected
+    (the app keeps one per browser session in its session state, so it goes when the session ends),
+    when `cleanup()` is called, or when the process exits (weakref.finalize runs at exit)."""
+
+    def __init__(self, prefix: str = "scale-uploads-") -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), ignore_errors=True)
+
+    def cleanup(self) -> None:
+        self._finalizer()
+
+    @property
+    def alive(self) -> bool:
+        return self._finalizer.alive
+
+
 def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The SCALE model of a checkpoint folder, in eval mode."""
     from .checkpoint import load_checkpoint
@@ -122,7 +148,9 @@ class Explorer:
         self.model = model.eval()
         self.featurizer = featurizer
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.upload_root = Path(upload_root or tempfile.mkdtemp(prefix="scale-uploads-"))
+        # Without an upload_root, uploads go to a folder owned by this Explorer (removed with it or at exit).
+        self._uploads = None if upload_root else UploadSpace()
+        self.upload_root = Path(upload_root) if upload_root else self._uploads.path
         self.tokenizer = featurizer.tokenizer
 
     @classmethod
@@ -159,14 +187,19 @@ class Explorer:
     def product_from_inputs(self, title: str = "", description: str = "", table: "dict | str | bytes | None" = None,
                             images: Sequence[Upload] = (), video: Upload | None = None, audio: Upload | None = None,
                             use_video_soundtrack: bool = True, product_id: str | None = None,
-                            table_name: str = "table") -> tuple[Product, Decoded, dict[str, str]]:
-        """Write the uploads to a fresh folder, build a Product and decode it.
+                            table_name: str = "table", upload_root: str | Path | None = None,
+                            ) -> tuple[Product, Decoded, dict[str, str]]:
+        """Write the uploads to a fresh folder under `upload_root` (default: this Explorer's), build a
+        Product and decode it. `product_id` is reduced to a plain folder name (safe_product_id).
 
         Returns (product, decoded, errors): errors maps a modality to a message that names the file and
         the fix; that modality is left out and the others still work.
         """
-        pid = product_id or f"upload-{uuid.uuid4().hex[:8]}"
-        folder = self.upload_root / pid
+        root = Path(upload_root or self.upload_root).resolve()
+        pid = safe_product_id(product_id) if product_id else f"upload-{uuid.uuid4().hex[:8]}"
+        folder = root / pid
+        if folder.resolve().parent != root:  # safe_product_id allows no separator; this guards the guard
+            raise RecordError(f"product id {product_id!r}: not a plain name. Fix: use letters, digits, '.', '_' or '-'.")
         folder.mkdir(parents=True, exist_ok=True)
         errors: dict[str, str] = {}
 
@@ -374,20 +407,39 @@ class TrainLog:
         return df
 
 
+LOG_NAMES = ("train_metrics.jsonl", "metrics.jsonl")
+
+
 def find_train_log(folder: str | Path) -> Path | None:
-    """train_metrics.jsonl, else metrics.jsonl, in `folder` or (for a run's checkpoint) two levels up."""
+    """train_metrics.jsonl, else metrics.jsonl, in `folder` or (for a run's checkpoint) two levels up.
+    A file is taken only under one of those two names: the reader is no viewer for other files."""
     folder = Path(folder)
     if folder.is_file():
-        return folder
+        return folder if folder.name in LOG_NAMES else None
     for base in (folder, folder.parent, folder.parent.parent):
-        for name in ("train_metrics.jsonl", "metrics.jsonl"):
+        for name in LOG_NAMES:
             if (base / name).is_file():
                 return base / name
     return None
 
 
+def _numbers(d: Mapping) -> dict[str, float]:
+    return {str(k): float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _s_prime(sp: object) -> np.ndarray:
+    """A logged 5x5 S' (None = absent modality), or all NaN when the line has none or it is malformed."""
+    try:
+        m = np.array([[np.nan if x is None else float(x) for x in row] for row in sp], dtype=float)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return np.full((5, 5), np.nan)
+    return m if m.shape == (len(MODALITIES), len(MODALITIES)) else np.full((5, 5), np.nan)
+
+
 def read_train_log(folder: str | Path) -> TrainLog | None:
-    """Parse a training log (bad lines are skipped: a run may be writing its last line). None if absent."""
+    """Parse a training log. None if absent. Only what the trainer writes is kept, and only its numbers:
+    step lines ("loss") and validation lines ("val": {name: number}); any other line is skipped (a run may
+    be writing its last line, and a log must never carry other text to the page)."""
     path = find_train_log(folder)
     if path is None:
         return None
@@ -399,18 +451,18 @@ def read_train_log(folder: str | Path) -> TrainLog | None:
             continue
         if not isinstance(d, dict):
             continue
-        if "val" in d or d.get("kind") == "val" or "loss" not in d:
-            val.append(d)
+        if isinstance(d.get("val"), dict):
+            val.append({"step": _numbers(d).get("step"), "epoch": _numbers(d).get("epoch"), "val": _numbers(d["val"])})
             continue
-        steps.append(int(d.get("step", len(steps))))
-        epochs.append(d.get("epoch", np.nan))
-        lrs.append(float(d["lr"]) if d.get("lr") is not None else np.nan)
-        loss = d.get("loss") or {}
-        losses.append({k: float(v) for k, v in loss.items() if isinstance(v, (int, float))} if isinstance(loss, dict)
-                      else {"total": float(loss)})
-        sp = d.get("S_prime")
-        sps.append(np.array([[np.nan if x is None else float(x) for x in row] for row in sp], dtype=float)
-                   if isinstance(sp, list) and len(sp) == len(MODALITIES) else np.full((5, 5), np.nan))
+        if not isinstance(d.get("loss"), (dict, int, float)) or isinstance(d.get("loss"), bool):
+            continue
+        nums = _numbers(d)
+        steps.append(int(nums.get("step", len(steps))))
+        epochs.append(nums.get("epoch", np.nan))
+        lrs.append(nums.get("lr", np.nan))
+        loss = d["loss"]
+        losses.append(_numbers(loss) if isinstance(loss, dict) else {"total": float(loss)})
+        sps.append(_s_prime(d.get("S_prime")))
     if not steps:
         return TrainLog(path, np.zeros(0, int), np.zeros(0), np.zeros(0), {}, None, val) if val else None
     keys = list(dict.fromkeys(k for l in losses for k in l))
@@ -538,7 +590,8 @@ def bench_app(checkpoint_dir: str | Path | None = None, catalog_size: int = 3000
     (work / "t.csv").write_text("key,value\ncolor,Red\nshape,circle\nsize,M\nmaterial,Felt\n")
     media["table"] = str(work / "t.csv")
     env = dict(os.environ, SCALE_CHECKPOINT=str(ckpt), SCALE_CATALOG=str(catalog), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1")
+               TRANSFORMERS_OFFLINE="1",  # the app reads only under its roots (core.roots): add these two
+               SCALE_ROOTS=os.pathsep.join(filter(None, [os.environ.get("SCALE_ROOTS"), str(ckpt), str(Path(catalog).parent)])))
     if device == "cpu":  # hide any GPU; other devices keep the caller's CUDA_VISIBLE_DEVICES
         env["CUDA_VISIBLE_DEVICES"] = ""
     t0 = time.time()

@@ -17,6 +17,12 @@ s = ak.page("Upload and inspect",
             "is shown the way the model receives it: the image's 7×7 region grid, the word pieces, the table's "
             "key/value entities, the sampled video frames and the waveform with its log-mel spectrogram.")
 ex = ak.require_explorer(s)
+# Per-type filters: the browser offers only these, and Streamlit refuses other names server-side too.
+IMAGE_TYPES = ["jpg", "jpeg", "png", "webp"]
+VIDEO_TYPES = ["mp4", "webm", "mov", "avi"]
+AUDIO_TYPES = ["wav", "flac", "ogg", "mp3", "m4a"]
+TABLE_TYPES = ["csv", "tsv", "json", "txt"]
+cap = st.get_option("server.maxUploadSize")  # MB per file, from .streamlit/config.toml
 
 up_tab, ex_tab = st.tabs(["Upload files", "Example product"])
 with up_tab:
@@ -27,15 +33,15 @@ with up_tab:
         st.markdown("**Table** (key / value pairs; or upload a CSV / JSON file below, which takes precedence)")
         grid = st.data_editor(pd.DataFrame({"key": pd.Series(dtype=str), "value": pd.Series(dtype=str)}),
                               num_rows="dynamic", key="up_table_grid", width="stretch")
-        table_file = st.file_uploader("Table file (CSV key,value / JSON object)", type=["csv", "json", "txt", "tsv"],
-                                      key="up_table_file")
+        table_file = st.file_uploader("Table file (CSV key,value / JSON object)", type=TABLE_TYPES,
+                                      key="up_table_file", help=f"CSV / TSV / JSON / TXT, up to {cap} MB")
     with c2:
-        images = st.file_uploader("Image(s)", type=None, accept_multiple_files=True, key="up_images",
-                                  help="JPEG / PNG / WebP; the first one is encoded, the others are shown")
-        video = st.file_uploader("Video", type=None, key="up_video", help="MP4 / WebM / MOV / AVI")
+        images = st.file_uploader("Image(s)", type=IMAGE_TYPES, accept_multiple_files=True, key="up_images",
+                                  help=f"JPEG / PNG / WebP, up to {cap} MB each; the first one is encoded, the others are shown")
+        video = st.file_uploader("Video", type=VIDEO_TYPES, key="up_video", help=f"MP4 / WebM / MOV / AVI, up to {cap} MB")
         use_sound = st.checkbox("Use the video's soundtrack as audio (when no audio file is given)", value=True,
                                 key="up_use_soundtrack")
-        audio = st.file_uploader("Audio", type=None, key="up_audio", help="WAV / FLAC / OGG / MP3")
+        audio = st.file_uploader("Audio", type=AUDIO_TYPES, key="up_audio", help=f"WAV / FLAC / OGG / MP3 / M4A, up to {cap} MB")
     if st.button("Analyze this product", type="primary", key="up_submit"):
         if table_file is not None:
             table, table_name = table_file.getvalue(), table_file.name
@@ -47,11 +53,11 @@ with up_tab:
         product, decoded, errors = ex.product_from_inputs(
             title, description, table or None, [(f.name, f.getvalue()) for f in images or []],
             (video.name, video.getvalue()) if video else None, (audio.name, audio.getvalue()) if audio else None,
-            use_sound, table_name=table_name)
+            use_sound, table_name=table_name, upload_root=ak.upload_folder())
         entry = ak.add_product(ex, title.strip() or f"upload {product.id[-8:]}", product, decoded, errors)
         if entry is None:
             for m, msg in errors.items():
-                st.error(f"**{m}** left out: {msg}")
+                st.error(f"**{m}** left out: {ak.public(msg)}")
             st.error("Nothing usable was given. Fix: add a title, a table row or a readable image / video / audio file.")
         else:  # rerun so the sidebar's product list includes it; the message survives in session state
             st.session_state["flash"] = f"Analyzed **{st.session_state['current']}**."
@@ -71,7 +77,7 @@ with ex_tab:
                                decoded.errors, generated)
         if entry is None:
             st.error(f"{p.id}: none of its files could be read. Fix: check the manifest's paths. "
-                     + " ".join(decoded.errors.values()))
+                     + ak.public(" ".join(decoded.errors.values())))
         else:
             st.session_state["flash"] = f"Loaded example **{st.session_state['current']}**."
             st.rerun()
@@ -87,7 +93,7 @@ d, feats = entry["decoded"], entry["features"]
 st.header(name + (" · generated example" if entry["generated"] else ""))
 st.markdown("Present: " + ak.present_badges(d.present()))
 for m, msg in entry["errors"].items():
-    st.error(f"**{m}** left out: {msg}")
+    st.error(f"**{m}** left out: {ak.public(msg)}")
 
 summary = {"id": d.product.id, "present": d.present(), "errors": entry["errors"], "category": d.product.category}
 fig = None

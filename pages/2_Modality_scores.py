@@ -12,7 +12,6 @@ import streamlit as st
 
 import appkit as ak
 from core.modalities import MODALITIES
-from core.explorer import read_train_log
 
 s = ak.page("Modality scores S and S′",
             "S is the cosine similarity between the product's five pooled modality features (before fusion); "
@@ -71,9 +70,9 @@ else:
     st.caption("Add a second product on Upload and inspect to compare two side by side.")
 
 st.subheader("Batch-mean S′ during training")
-log = read_train_log(s.ckpt_dir)
+log = ak.train_log(s)
 if log is None or log.s_prime is None:
-    st.info(f"No training log with S′ in {s.ckpt_dir} (train_metrics.jsonl or metrics.jsonl). "
+    st.info(f"No training log with S′ in {ak.label(s.ckpt_dir)} (train_metrics.jsonl or metrics.jsonl). "
             "The trainer writes one line per step; copy it beside the model to see this chart.")
 else:
     steps, sp = log.steps, log.s_prime  # (T,), (T, 5, 5)

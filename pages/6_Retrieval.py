@@ -55,6 +55,7 @@ for r in range(0, len(idx), per_row):
                 try:
                     st.image(cat.thumbnails[i], width="stretch")
                 except Exception:  # noqa: BLE001 - a missing thumbnail must not hide the result
+                    ak.log.warning("thumbnail %s unreadable", cat.thumbnails[i], exc_info=True)
                     st.caption("(thumbnail unreadable)")
             else:
                 st.caption("(no image)")

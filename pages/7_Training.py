@@ -14,22 +14,19 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import appkit as ak
-from core.explorer import read_train_log
 from core.modalities import MODALITIES
 
 s = ak.page("Training",
             "How the checkpoint was trained: each pretext task's loss and the contrastive loss per step, the learning "
             "rate schedule, the batch-mean S′ weights over steps, and the evaluation the checkpoint ships with "
             "(metrics.json, card.md).")
-src = st.text_input("Training log (folder or .jsonl)", value=str(s.ckpt_dir), key="tr_log",
-                    help="the checkpoint's train_metrics.jsonl, or a run folder's metrics.jsonl")
-log = read_train_log(src)
+log = ak.train_log(s)  # the chosen checkpoint's own log only: there is no free path box
 fig = None
 if log is None or len(log.steps) == 0:
-    st.error(f"{src}: no training log found (train_metrics.jsonl or metrics.jsonl). Fix: point this at a run folder "
-             "written by python -m core.train, or copy its metrics.jsonl beside the model as train_metrics.jsonl.")
+    st.error(f"{ak.label(s.ckpt_dir)}: no training log found (train_metrics.jsonl or metrics.jsonl). Fix: copy the "
+             "run's metrics.jsonl (written by python -m core.train) beside the model as train_metrics.jsonl.")
 else:
-    st.caption(f"{len(log.steps):,} steps from `{log.path}`")
+    st.caption(f"{len(log.steps):,} steps from `{ak.label(log.path)}`")
     tasks = [k for k in log.losses if not k.startswith("cl_")]
     smooth = (st.slider("Smoothing window (steps)", 1, min(200, len(log.steps) // 2), 1, key="tr_smooth")
               if len(log.steps) >= 4 else 1)
@@ -71,9 +68,9 @@ if mpath.is_file():
         flat = pd.json_normalize(metrics, sep=" / ").T.rename(columns={0: "value"})
         st.dataframe(flat, width="stretch")
     except json.JSONDecodeError as e:
-        st.error(f"{mpath}: not valid JSON ({e.msg}). Fix: re-run the evaluator.")
+        st.error(f"{ak.label(mpath)}: not valid JSON ({e.msg}). Fix: re-run the evaluator.")
 else:
-    st.info(f"{mpath} not found: the evaluator writes it (python -m core.evaluate).")
+    st.info(f"{ak.label(mpath)} not found: the evaluator writes it (python -m core.evaluate).")
 if cpath.is_file():
     with st.expander("Model card (card.md)", expanded=True):
         st.markdown(cpath.read_text(encoding="utf-8", errors="replace"))

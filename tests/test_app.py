@@ -24,7 +24,8 @@ PAGES = ["1_Upload_and_inspect", "2_Modality_scores", "3_Masked_prediction", "4_
 @pytest.fixture(scope="module")
 def setup(featurizer):
     s = tiny_setup(featurizer)
-    env = {"SCALE_CHECKPOINT": str(s.checkpoint), "SCALE_CATALOG": str(s.catalog), "SCALE_MANIFEST": str(s.manifest)}
+    env = {"SCALE_CHECKPOINT": str(s.checkpoint), "SCALE_CATALOG": str(s.catalog), "SCALE_MANIFEST": str(s.manifest),
+           "SCALE_ROOTS": str(s.checkpoint.parent)}  # the app reads only under its roots (core.roots)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield s
@@ -79,9 +80,10 @@ def test_home_shows_model_catalog_and_examples(setup):
     assert not at.error
 
 
-def test_home_without_checkpoint_says_how_to_make_one(setup, tmp_path):
+def test_home_without_checkpoint_says_how_to_make_one(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCALE_ROOTS", os.pathsep.join([str(setup.checkpoint.parent), str(tmp_path)]))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    at.session_state["ckpt_dir"] = str(tmp_path / "nope")
+    at.session_state["ckpt_dir"] = str(tmp_path / "nope")  # under a root, so "not found" may be said
     at.run()
     no_exception(at)
     msg = at.error[0].value

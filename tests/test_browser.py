@@ -45,7 +45,8 @@ def server(featurizer, tmp_path_factory):
     setup = tiny_setup(featurizer)
     port = _free_port()
     env = dict(os.environ, SCALE_CHECKPOINT=str(setup.checkpoint), SCALE_CATALOG=str(setup.catalog),
-               SCALE_MANIFEST=str(setup.manifest), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+               SCALE_MANIFEST=str(setup.manifest), SCALE_ROOTS=str(setup.checkpoint.parent), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1")
     log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",

@@ -28,6 +28,7 @@ from .errors import ScaleError
 from .features import FeatureCache
 from .metrics import clustering, collapse_score, concat_pca, instance_recall, l2n, linear_probe, retrieval_scores
 from .mismatch import mismatch_auc
+from .mlm_eval import content_ids, masked_word_accuracy
 from .modalities import INDEX, MODALITIES
 from .splits import SPLITS, in_split
 
@@ -181,6 +182,13 @@ def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict
         out["models"].update(modality_rows("frozen", lambda sub: concat_pca([blocks[m] for m in sub], dim=FROZEN_DIM),
                                            present, labels, ids, subsets))
     items = [dict(cache[i], id=i) for i in ids]
+    mlm_content, mlm_reference = None, []
+    if models:  # masked content words on this split; the baseline's most frequent word comes from train
+        from .backbones import load_tokenizer
+
+        mlm_content = content_ids(load_tokenizer(cache.backbones.text).get_vocab())
+        train_ids = [p.id for p in products if p.id in cache and in_split(p.id, p.split, "train")][:2000]
+        mlm_reference = [{"text.ids": cache[i]["text.ids"]} for i in train_ids if "text.ids" in cache[i]]
     for name, ck in models.items():
         from .checkpoint import load_checkpoint
 
@@ -192,6 +200,8 @@ def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict
         row["fusion_weights"] = {m: round(float(w), 3) for m, w in zip(MODALITIES, model.fusion_weights.tolist())}
         if mismatch:
             row["mismatch_auc"] = mismatch_auc(model, items, labels)
+        if mlm_content is not None:
+            row["mlm_content_words"] = masked_word_accuracy(model, items, mlm_content, reference=mlm_reference)
         out["models"][name] = row
         if name == "SCALE" or "#" in name:  # one row per modality alone and per subset (centred weighted sums)
             out["models"].update(modality_rows(name, lambda sub: cat.embedding("sum:" + "+".join(sub)),
@@ -211,7 +221,8 @@ HEADLINE = [("fused mAP@10", ("retrieval", "fused", "mAP@10")), ("fused mAP@1", 
             ("image->text R@1", ("instance", "image->text", "R@1")),
             ("probe acc", ("classification", "acc")), ("NMI", ("clustering", "nmi")),
             *((f"mismatch AUC {m}", ("mismatch_auc", m, "auc")) for m in ("table", "image", "video", "audio")),
-            *((f"collapse {m}", ("collapse", m)) for m in MODALITIES)]
+            *((f"collapse {m}", ("collapse", m)) for m in MODALITIES),
+            ("MLM content-word top-1", ("mlm_content_words", "top1"))]
 
 
 def _dig(d: dict, path: tuple):
@@ -291,6 +302,10 @@ def print_report(res: dict) -> None:
         if "collapse" in r:
             print(f"{name} collapse (cosine to the modality mean): " + ", ".join(
                 f"{m} {v:.3f}" for m, v in r["collapse"].items()))
+        if "mlm_content_words" in r:
+            w = r["mlm_content_words"]
+            print(f"{name} masked content words: top-1 {w['top1']:.1f}%, top-5 {w['top5']:.1f}% "
+                  f"(most-frequent-word baseline {w['baseline_top1']:.1f}%, {w['masked']} masked)")
         if "fusion_weights" in r:
             print(f"{name} fusion weights: " + ", ".join(f"{m} {v:g}" for m, v in r["fusion_weights"].items()))
     if res.get("seeds"):

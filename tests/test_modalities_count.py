@@ -179,3 +179,25 @@ def test_missing_is_an_argument_eight_threads_never_see_the_wrong_mode():
         t.join()
     assert not errors and wrong[0] == 0
     assert model.cfg.missing == "mask"  # the shared model was never changed
+
+
+def test_content_words_leave_out_punctuation_and_one_letter_pieces():
+    from core.mlm_eval import content_ids
+
+    vocab = {"[CLS]": 101, "[MASK]": 103, ".": 1012, "-": 1011, "s": 1055, "##s": 2015, "hoodie": 7000,
+             "##ie": 2666, "xl": 5000, "a": 1037}
+    assert content_ids(vocab) == {7000, 2666, 5000}
+
+
+def test_masked_word_accuracy_counts_only_content_words():
+    from core.mlm_eval import masked_word_accuracy
+
+    cfg = tiny()
+    model = model_for(cfg)
+    items = products(6, cfg, seed=7, mods=("text",), n_text=30)
+    content = set(range(999, 1100))  # tokens 999..1099 count as words here
+    r = masked_word_accuracy(model, items, content, prob=0.5, seed=0)
+    n_content = sum(int(np.isin(it["text.ids"], list(content)).sum()) for it in items)
+    assert 0 < r["masked"] <= n_content
+    assert 0 <= r["top1"] <= r["top5"] <= 100 and 0 <= r["baseline_top1"] <= 100
+    assert masked_word_accuracy(model, items, set(), seed=0)["masked"] == 0

@@ -142,3 +142,23 @@ def test_nan_loss_stops_and_keeps_last_good(tiny_setup, tmp_path, monkeypatch):
     good = T.latest_checkpoint(tmp_path / "nan")
     assert good is not None and good.name == "step-0000003"  # the epoch-end save after 3 good steps
     assert load_checkpoint(good, "cpu").cfg.hidden == 64
+
+
+def test_fusion_weights_fitted_at_the_end_and_logged(tiny_setup, tmp_path):
+    run = tmp_path / "run"
+    r = run_cli(base_args(tiny_setup, run, "--epochs", "1", "--fit-fusion-on", "all"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    fit = [x["fusion"] for x in lines if "fusion" in x]
+    assert len(fit) == 1 and fit[0]["mAP@10_fitted"] >= fit[0]["mAP@10_equal"]
+    model = load_checkpoint(run / "final", "cpu")
+    assert model.fusion_weights.tolist() == pytest.approx(list(fit[0]["fusion_weights"].values()))
+    vals = [x["val"] for x in lines if "val" in x]
+    assert "collapse" in vals[0] and all(-1 <= v <= 1 for v in vals[0]["collapse"].values())
+    steps = [x for x in lines if "loss" in x]
+    assert any("w_std" in x for x in steps)  # the spread of the S' loss weights is logged
+
+
+def test_fusion_weights_are_never_fitted_on_val(tiny_setup, tmp_path):
+    r = run_cli(base_args(tiny_setup, tmp_path / "run", "--epochs", "1", "--fit-fusion-on", "val"))
+    assert r.returncode == 2 and "dev" in r.stderr

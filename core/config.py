@@ -213,7 +213,16 @@ def get_config(name_or_path: str = "small", **overrides) -> ModelConfig:
     else:
         path = Path(name_or_path)
         if not path.is_file():
-            raise ValueError(f"unknown model config {name_or_path!r}: use one of {sorted(PRESETS)} or a json file")
-        d = json.loads(path.read_text())
-        cfg = ModelConfig.from_dict(d.get("model", d), legacy="model" in d)  # a checkpoint's config.json
+            raise ConfigError(f"unknown model config {name_or_path!r}: use one of {sorted(PRESETS)} or a json file")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not a JSON model config ({e}). Fix: write it as "
+                              "{\"hidden\": 384, \"heads\": 12, ...} in UTF-8.") from None
+        model = d.get("model", d) if isinstance(d, dict) else d
+        cfg = ModelConfig.from_dict(model, legacy=isinstance(d, dict) and "model" in d)  # a checkpoint's config.json
+    unknown = sorted(set(overrides) - {f.name for f in fields(ModelConfig)})
+    if unknown:
+        raise ConfigError(f"unknown model config keys {unknown}. Fix: use --set with one of "
+                          f"{', '.join(f.name for f in fields(ModelConfig))}.")
     return replace(cfg, **overrides)  # replace() re-runs the checks

@@ -201,3 +201,15 @@ def test_masked_word_accuracy_counts_only_content_words():
     assert 0 < r["masked"] <= n_content
     assert 0 <= r["top1"] <= r["top5"] <= 100 and 0 <= r["baseline_top1"] <= 100
     assert masked_word_accuracy(model, items, set(), seed=0)["masked"] == 0
+
+
+def test_unknown_set_key_and_broken_config_file_are_clear_errors(tmp_path):
+    from core.config import get_config
+    from core.errors import ScaleError
+
+    with pytest.raises(ScaleError, match="harmonise"):
+        get_config("small", harmonise="none")
+    bad = tmp_path / "c.json"
+    bad.write_text("{hidden: 3")
+    with pytest.raises(ScaleError, match="c.json"):
+        get_config(str(bad))

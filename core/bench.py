@@ -5,6 +5,8 @@
     python -m core.bench embed --cache DIR --manifest M   catalog embedding products/s (cached, raw files)
     python -m core.bench app                          app timings (core.explorer.bench_app)
     python -m core.bench ann [--n 1000000] [--dim 384] [--queries 200]   ANN index on a synthetic catalog
+    python -m core.bench swap --checkpoint DIR --manifest M --cache CACHE [--split val] [--fraction 0.05] [--seeds 3]
+        does the Catalog check page's ranking put products with a swapped image/table/video/audio in its top 5%?
 
 `model`: forward (eval mode, with losses) and forward+backward (train mode) milliseconds per product on a shop3k-shaped batch with all five
 modalities (text 24 tokens, table 40, image 50, video 8 frames, audio 94 patches), FLOPs per product
@@ -211,6 +213,35 @@ def cmd_app(args: argparse.Namespace) -> dict:
     return bench_app(args.checkpoint, args.catalog_size, args.device)
 
 
+def cmd_swap(args: argparse.Namespace) -> dict:
+    """core.catalog_check.swap_benchmark on the split's products read from the feature cache."""
+    from .backbones import set_offline
+    from .catalog_check import swap_benchmark
+    from .checkpoint import load_checkpoint
+    from .errors import ScaleError
+    from .features import FeatureCache
+    from .records import read_manifest
+
+    set_offline()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_checkpoint(args.checkpoint, args.device).eval()
+    cache = FeatureCache(args.cache)
+    products = [p for p in read_manifest(args.manifest, check=False)
+                if (args.split == "all" or p.split == args.split) and p.id in cache]
+    if len(products) < 20:
+        raise ScaleError(f"{args.manifest}: only {len(products)} products of split {args.split!r} are in the cache "
+                         f"{args.cache}. Fix: pass the cache built from this manifest (python -m core.features build) "
+                         "or another --split.")
+    items = [dict(cache[p.id], id=p.id) for p in products]
+    t = time.perf_counter()
+    out = swap_benchmark(model, items, [p.category or "" for p in products], fraction=args.fraction,
+                         seeds=list(range(args.seeds)))
+    out.update(checkpoint=args.checkpoint, split=args.split, seconds=round(time.perf_counter() - t, 1),
+               threads=torch.get_num_threads())
+    return out
+
+
 def synthetic_catalog(n: int, dim: int, clusters: int, seed: int, start: int = 0) -> np.ndarray:
     """Rows start..start+n of a seeded catalog: a Gaussian mixture of `clusters` unit centres, uneven
     cluster sizes and spreads, rows L2-normalized float32. Rows are drawn in 65,536-row blocks with their
@@ -368,6 +399,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dir", default=None, help="keep the store and index here (default: a temporary folder)")
     p.set_defaults(func=cmd_ann)
+    p = sub.add_parser("swap", help="Catalog check: swapped modalities found in the ranking's top 5%%")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--cache", required=True, help="feature cache of the manifest (python -m core.features build)")
+    p.add_argument("--split", default="val", help="val | train | all")
+    p.add_argument("--fraction", type=float, default=0.05, help="share of products swapped, and the top cut")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_swap)
     args = parser.parse_args(argv)
     print(json.dumps(args.func(args), indent=2))
 

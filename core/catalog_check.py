@@ -58,20 +58,32 @@ class CatalogScores:
         return np.array([len(v) for v in self.sorted])
 
 
-def centred_features(cat: Catalog) -> dict[str, np.ndarray]:
-    """Per modality (N, H): l2n(l2n(pooled) - center), as the model's S sees them (zeros where absent)."""
+def s_centred(cfg) -> bool:
+    """Whether the model's S uses centred features (core.model: center_harmony, center_fusion, pooled fusion).
+    `cfg`: a ModelConfig or the "model" dict of a checkpoint's config.json (missing keys take the defaults)."""
+    from .config import ModelConfig
+
+    d = ModelConfig()
+    get = (lambda k: cfg.get(k, getattr(d, k))) if isinstance(cfg, Mapping) else (lambda k: getattr(cfg, k, getattr(d, k)))
+    return bool(get("center_harmony") and get("center_fusion") and get("fusion") == "pooled")
+
+
+def centred_features(cat: Catalog, centred: bool = True) -> dict[str, np.ndarray]:
+    """Per modality (N, H): l2n(l2n(pooled) - center), as the model's S sees them (zeros where absent);
+    plain l2n(pooled) when not `centred` or the catalog stores no center."""
     out = {}
     for i, m in enumerate(MODALITIES):
         z = l2n(cat.pooled[m].astype(np.float32))
-        if cat.center is not None:
+        if centred and cat.center is not None:
             z = l2n(z - cat.center[i][None, :].astype(np.float32))
         out[m] = (z * cat.present[:, i, None]).astype(np.float32)
     return out
 
 
-def pair_scores(cat: Catalog) -> np.ndarray:
-    """(N, 10) S[i, j] of every catalog product for PAIRS, NaN where a modality is absent."""
-    z = centred_features(cat)
+def pair_scores(cat: Catalog, centred: bool = True) -> np.ndarray:
+    """(N, 10) S[i, j] of every catalog product for PAIRS, NaN where a modality is absent. `centred`: as the
+    model's S (s_centred(model.cfg)); the catalog's stored center is the model's fusion_center."""
+    z = centred_features(cat, centred)
     S = np.full((len(cat), len(PAIRS)), np.nan, dtype=np.float32)
     for k, (a, b) in enumerate(PAIRS):
         both = cat.present[:, INDEX[a]] & cat.present[:, INDEX[b]]
@@ -89,11 +101,11 @@ def _percentile(sorted_vals: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(v), 100.0 * (lo + 0.5 * (hi - lo)) / len(sorted_vals), np.nan)
 
 
-def catalog_scores(cat: Catalog) -> CatalogScores:
+def catalog_scores(cat: Catalog, centred: bool = True) -> CatalogScores:
     """S of every product and pair, its percentile within the catalog and its z-score."""
     if len(cat) == 0:
         raise ScaleError("the catalog has no products. Fix: pick a catalog .npz written by core.catalog.")
-    S = pair_scores(cat)
+    S = pair_scores(cat, centred)
     srt = [np.sort(S[np.isfinite(S[:, k]), k]).astype(np.float64) for k in range(len(PAIRS))]
     mean = np.array([v.mean() if len(v) else np.nan for v in srt])
     med = np.array([np.median(v) if len(v) else np.nan for v in srt])
@@ -238,7 +250,7 @@ def swap_benchmark(model, items: Sequence[Mapping], categories: Sequence[str], f
             swapped = embed_products(model, [swap_modality(items[i], items[j], m) for i, j in chosen],
                                      batch_size=batch_size)
             cat = replace_rows(base, [i for i, _ in chosen], swapped)
-            cs = catalog_scores(cat)
+            cs = catalog_scores(cat, s_centred(model.cfg))
             ids = {str(cat.ids[i]) for i, _ in chosen}
             for sc in scopes:
                 ranked = rank_catalog(cat, cs, scope=sc)

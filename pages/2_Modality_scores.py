@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import appkit as ak
-from core.catalog_check import matrix_percentiles, takeaway
+from core.catalog_check import matrix_percentiles, s_centred, takeaway
 from core.modalities import MODALITIES
 
 s = ak.page("Modality scores S and S′",
@@ -25,7 +25,7 @@ s = ak.page("Modality scores S and S′",
 ex = ak.require_explorer(s)
 name, entry = ak.current()
 cat, _ = ak.require_catalog(s, ex)
-cs = ak.catalog_scores(ak.catalog_key(s, cat), cat)
+cs = ak.catalog_scores(ak.catalog_key(s, cat), cat, s_centred(ex.model.cfg))  # S as this model computes it
 
 missing = st.segmented_control("Missing modalities", ["mask", "zero"], default="mask", key="scores_missing",
                                help="mask: absent modalities are dropped (ours); zero: the authors' zero imputation, "

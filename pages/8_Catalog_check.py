@@ -11,7 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: pages
 import streamlit as st
 
 import appkit as ak
-from core.catalog_check import PAIR_NAMES, ranking_csv, rank_catalog
+from core.catalog_check import PAIR_NAMES, ranking_csv, rank_catalog, s_centred
+from core.checkpoint import read_checkpoint_config
+from core.errors import ScaleError
 
 s = ak.page("Catalog check",
             "Every catalog product, most suspect listing first. For each pair of a product's modalities (its title "
@@ -25,7 +27,11 @@ if s.catalog_path.is_file():  # a stored catalog needs no model: the first rende
     cat, _ = ak.require_catalog(s, None)
 else:
     cat, _ = ak.require_catalog(s, ak.require_explorer(s))
-cs = ak.catalog_scores(ak.catalog_key(s, cat), cat)
+try:  # S as the chosen model computes it (centred or not), read from its config.json alone
+    centred = s_centred(read_checkpoint_config(s.ckpt_dir)["model"])
+except ScaleError:
+    centred = True  # no readable checkpoint: the catalog's own stored center decides
+cs = ak.catalog_scores(ak.catalog_key(s, cat), cat, centred)
 
 RANK_BY = {"weakest of all pairs": ("all", None), "weakest title pair (else any pair)": ("text", None)}
 RANK_BY.update({f"only {p}": ("all", p) for p in PAIR_NAMES})

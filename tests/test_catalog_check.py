@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.catalog import Catalog
 from core.catalog_check import (CSV_COLUMNS, PAIR_NAMES, catalog_scores, matrix_percentiles, pair_scores,
-                                rank_catalog, ranking_csv, swap_benchmark, takeaway)
+                                rank_catalog, ranking_csv, s_centred, swap_benchmark, takeaway)
 from core.errors import ScaleError
 from core.modalities import INDEX, MODALITIES
 
@@ -50,6 +50,17 @@ def test_pair_scores_are_centred_cosines_and_nan_where_absent():
     assert S[3, k] == pytest.approx(want, abs=1e-5)
     assert np.isnan(S[0, PAIR_NAMES.index("text-video")]) and np.isnan(S[0, PAIR_NAMES.index("video-audio")])
     assert np.isfinite(S[1]).all()
+    plain = pair_scores(cat, centred=False)  # a model whose S is not centred: plain cosines
+    t, i = (cat.pooled[m][3] / np.linalg.norm(cat.pooled[m][3]) for m in ("text", "image"))
+    assert plain[3, k] == pytest.approx(t @ i, abs=1e-5) and plain[3, k] != pytest.approx(S[3, k], abs=1e-3)
+
+
+def test_s_centred_follows_the_models_rule():
+    from core.config import ModelConfig
+
+    assert s_centred(ModelConfig()) and s_centred({})  # the defaults centre S
+    assert not s_centred(ModelConfig(center_harmony=False)) and not s_centred({"center_fusion": False})
+    assert not s_centred({"fusion": "cls"})
 
 
 def test_the_product_whose_image_disagrees_ranks_first_with_its_pair():
@@ -136,7 +147,7 @@ def test_numpy_scores_match_the_models_S(setup, model):
     from core.catalog import forward_items
 
     cat = Catalog.load(setup.catalog)
-    S = pair_scores(cat)
+    S = pair_scores(cat, s_centred(model.cfg))
     out = forward_items(model, [setup.features[i] for i in cat.ids]).S.float().numpy()
     for k, name in enumerate(PAIR_NAMES):
         a, b = (INDEX[m] for m in name.split("-"))

@@ -589,3 +589,13 @@ def catalog_wide(_ex, _cat: Catalog, key: str, per_category: int, max_categories
     return catalog_contributions(_ex.model, _LazyFeatures(ids, fetch), {k: cats[k] for k in ids}, _cat,
                                  per_category=per_category, max_categories=max_categories,
                                  progress=lambda i, n: say(i / n, f"Shapley values: {i}/{n} products"))
+
+
+# ---------------------------------------------------------------- catalog check (core.catalog_check)
+@st.cache_data(show_spinner="Scoring the catalog's modality pairs…", max_entries=4)
+def catalog_scores(key: str, _cat: Catalog, centred: bool = True):
+    """Per-pair S, percentiles and z of every catalog product (numpy on the stored pooled features, no
+    model forward), once per catalog: `key` is catalog_key(s, cat); `centred`: core.catalog_check.s_centred."""
+    from core.catalog_check import catalog_scores as compute
+
+    return compute(_cat, centred)

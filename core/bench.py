@@ -4,7 +4,11 @@
     python -m core.bench train [--cache DIR]          training products/s of `small`
     python -m core.bench embed --cache DIR --manifest M   catalog embedding products/s (cached, raw files)
     python -m core.bench app                          app timings (core.explorer.bench_app)
+    python -m core.bench app --catalog-check NPZ --checkpoint DIR [--manifest M]   only the Catalog check page's
+        first render (fresh interpreter, empty caches) and a rerun, on that catalog
     python -m core.bench ann [--n 1000000] [--dim 384] [--queries 200]   ANN index on a synthetic catalog
+    python -m core.bench swap --checkpoint DIR --manifest M --cache CACHE [--split val] [--fraction 0.05] [--seeds 3]
+        does the Catalog check page's ranking put products with a swapped image/table/video/audio in its top 5%?
 
 `model`: forward (eval mode, with losses) and forward+backward (train mode) milliseconds per product on a shop3k-shaped batch with all five
 modalities (text 24 tokens, table 40, image 50, video 8 frames, audio 94 patches), FLOPs per product
@@ -208,7 +212,85 @@ def cmd_embed(args: argparse.Namespace) -> dict:
 def cmd_app(args: argparse.Namespace) -> dict:
     from .explorer import bench_app
 
+    if args.catalog_check:
+        return catalog_check_render(args.catalog_check, args.checkpoint, args.manifest)
     return bench_app(args.checkpoint, args.catalog_size, args.device)
+
+
+_RENDER = """
+import json, sys, time
+t = time.perf_counter()
+import appkit, core.catalog_check, core.explorer  # what any first page of a new server imports (torch included)
+from streamlit.testing.v1 import AppTest
+imports = time.perf_counter() - t
+t = time.perf_counter()
+at = AppTest.from_file(sys.argv[1], default_timeout=300)
+at.run()
+first = time.perf_counter() - t
+t = time.perf_counter()
+at.run()
+again = time.perf_counter() - t
+print(json.dumps({"imports_s": round(imports, 2), "first_render_s": round(first, 2), "rerun_s": round(again, 2), "rows_shown": len(at.dataframe[0].value),
+                  "exception": [str(e.value) for e in at.exception], "errors": [e.value for e in at.error]}))
+"""
+
+
+def catalog_check_render(catalog: str, checkpoint: str | None, manifest: str | None) -> dict:
+    """The Catalog check page opened first in a fresh interpreter (empty caches: catalog load, manifest join,
+    per-pair scores, thumbnails), then rerun; AppTest measures script execution, not browser painting.
+    `imports_s` (appkit, torch, core) is reported apart: a server pays it once, for whichever page opens first."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    paths = [Path(catalog).resolve()] + ([Path(checkpoint).resolve()] if checkpoint else []) + (
+        [Path(manifest).resolve()] if manifest else [])
+    env = dict(os.environ, SCALE_CATALOG=str(paths[0]),
+               SCALE_ROOTS=os.pathsep.join(filter(None, [os.environ.get("SCALE_ROOTS")] + [str(p.parent) for p in paths])))
+    if checkpoint:
+        env["SCALE_CHECKPOINT"] = str(Path(checkpoint).resolve())
+    if manifest:
+        env["SCALE_MANIFEST"] = str(Path(manifest).resolve())
+    run = subprocess.run([sys.executable, "-c", _RENDER, str(root / "pages" / "8_Catalog_check.py")], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    if run.returncode:
+        return {"error": run.stderr[-2000:]}
+    import numpy as _np
+
+    with _np.load(catalog, allow_pickle=False) as z:
+        n = len(z["ids"])
+    return dict(json.loads(run.stdout.strip().splitlines()[-1]), catalog_products=n)
+
+
+def cmd_swap(args: argparse.Namespace) -> dict:
+    """core.catalog_check.swap_benchmark on the split's products read from the feature cache."""
+    from .backbones import set_offline
+    from .catalog_check import swap_benchmark
+    from .checkpoint import load_checkpoint
+    from .errors import ScaleError
+    from .features import FeatureCache
+    from .records import read_manifest
+
+    set_offline()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_checkpoint(args.checkpoint, args.device).eval()
+    cache = FeatureCache(args.cache)
+    products = [p for p in read_manifest(args.manifest, check=False)
+                if (args.split == "all" or p.split == args.split) and p.id in cache]
+    if len(products) < 20:
+        raise ScaleError(f"{args.manifest}: only {len(products)} products of split {args.split!r} are in the cache "
+                         f"{args.cache}. Fix: pass the cache built from this manifest (python -m core.features build) "
+                         "or another --split.")
+    items = [dict(cache[p.id], id=p.id) for p in products]
+    t = time.perf_counter()
+    out = swap_benchmark(model, items, [p.category or "" for p in products], fraction=args.fraction,
+                         seeds=list(range(args.seeds)))
+    out.update(checkpoint=args.checkpoint, split=args.split, seconds=round(time.perf_counter() - t, 1),
+               threads=torch.get_num_threads())
+    return out
 
 
 def synthetic_catalog(n: int, dim: int, clusters: int, seed: int, start: int = 0) -> np.ndarray:
@@ -349,6 +431,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("app", help="app cold start, upload to S, page switch, map, RSS")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--catalog-size", type=int, default=3000)
+    p.add_argument("--catalog-check", default=None, metavar="NPZ",
+                   help="time only the Catalog check page's first render on this catalog")
+    p.add_argument("--manifest", default=None, help="with --catalog-check: titles and thumbnails")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_app)
     p = sub.add_parser("ann", help="ANN index on a synthetic catalog: build, query latency, recall, RSS")
@@ -368,6 +453,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dir", default=None, help="keep the store and index here (default: a temporary folder)")
     p.set_defaults(func=cmd_ann)
+    p = sub.add_parser("swap", help="Catalog check: swapped modalities found in the ranking's top 5%%")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--cache", required=True, help="feature cache of the manifest (python -m core.features build)")
+    p.add_argument("--split", default="val", help="val | train | all")
+    p.add_argument("--fraction", type=float, default=0.05, help="share of products swapped, and the top cut")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_swap)
     args = parser.parse_args(argv)
     print(json.dumps(args.func(args), indent=2))
 

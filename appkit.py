@@ -446,7 +446,8 @@ def current(required: bool = True) -> tuple[str, dict] | tuple[None, None]:
     if name in prods:
         return name, prods[name]
     if required:
-        st.info("No product yet. Fix: open **Upload and inspect** and upload files or load an example product.")
+        st.info("No product yet. Fix: pick one in the **Home** gallery (one click), or upload files on "
+                "**Upload and inspect**.")
         st.page_link("pages/1_Upload_and_inspect.py", label="Go to Upload and inspect", icon=":material/upload:")
         st.stop()
     return None, None

@@ -429,11 +429,14 @@ def match_catalog(fused: np.ndarray, catalog: Catalog, product_id: str, k: int =
 
 # ---------------------------------------------------------------- masked prediction defaults
 def content_positions(tokens: Sequence[tuple[int, str]], n: int = 2) -> list[int]:
-    """Default text positions to mask: word-start pieces of at least 3 letters that are not stop words,
-    spread over the title (not the first pieces, not "##" continuations, specials or punctuation)."""
+    """Default text positions to mask: whole words (a piece not continued by "##" pieces) of at least 3
+    letters that are not stop words, spread over the text (not the first pieces, not "##" continuations or
+    the start of a split word, specials or punctuation)."""
     stop = {"the", "and", "for", "with", "you", "your", "its", "this", "that", "are", "from", "more", "men",
             "women", "our", "has", "have", "was", "not", "but", "all", "can"}
-    good = [i for i, t in tokens if t.isalpha() and len(t) >= 3 and t not in stop]
+    toks = list(tokens)
+    whole = [j + 1 >= len(toks) or not toks[j + 1][1].startswith("##") for j in range(len(toks))]
+    good = [i for (i, t), w in zip(toks, whole) if w and t.isalpha() and len(t) >= 3 and t not in stop]
     if len(good) <= n:
         return good
     step = len(good) / n  # spread: one from each part of the text
@@ -522,6 +525,21 @@ def _s_prime(sp: object) -> np.ndarray:
     except (TypeError, ValueError):
         return np.full((5, 5), np.nan)
     return m if m.shape == (len(MODALITIES), len(MODALITIES)) else np.full((5, 5), np.nan)
+
+
+def loss_curve(values: np.ndarray, window: int) -> np.ndarray:
+    """A task's loss per step for plotting: exact zeros (the trainer logs 0 for a batch that had none of the
+    task's modality) become gaps, then a trailing mean over `window` steps of the batches that had it."""
+    import pandas as pd
+
+    v = np.asarray(values, dtype=float)
+    v = np.where(v == 0.0, np.nan, v)
+    return pd.Series(v).rolling(max(1, int(window)), min_periods=1).mean().to_numpy()
+
+
+def default_smoothing(n_steps: int) -> int:
+    """About 5% of the run, between 1 and 50 steps: enough to read a trend, not enough to hide it."""
+    return int(min(50, max(1, n_steps // 20)))
 
 
 def read_train_log(folder: str | Path) -> TrainLog | None:

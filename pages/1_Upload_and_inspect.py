@@ -39,7 +39,8 @@ with up_tab:
         images = st.file_uploader("Image(s)", type=IMAGE_TYPES, accept_multiple_files=True, key="up_images",
                                   help=f"JPEG / PNG / WebP, up to {cap} MB each; the first one is encoded, the others are shown")
         video = st.file_uploader("Video", type=VIDEO_TYPES, key="up_video", help=f"MP4 / WebM / MOV / AVI, up to {cap} MB")
-        use_sound = st.checkbox("Use the video's soundtrack as audio (when no audio file is given)", value=True,
+        st.session_state.setdefault("up_use_soundtrack", True)  # default once; kept across pages after that
+        use_sound = st.checkbox("Use the video's soundtrack as audio (when no audio file is given)",
                                 key="up_use_soundtrack")
         audio = st.file_uploader("Audio", type=AUDIO_TYPES, key="up_audio", help=f"WAV / FLAC / OGG / MP3 / M4A, up to {cap} MB")
     if st.button("Analyze this product", type="primary", key="up_submit"):

@@ -42,6 +42,15 @@ def no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+def plotly_values(v) -> list[float]:
+    """A figure JSON's array: a list, or plotly's typed-array form {"dtype", "bdata" (base64)}."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"])).tolist()
+    return list(v)
+
+
 def gallery_buttons(at: AppTest) -> list:
     return [b for b in at.button if str(b.key or "").startswith("gal_")]
 
@@ -104,3 +113,152 @@ def test_upload_form_and_choices_survive_a_page_switch(setup):
     no_exception(at)
     assert at.text_input(key="up_title").value == "Blue mug"
     assert at.text_area(key="up_description").value == "A ceramic mug"
+
+
+# ---------------------------------------------------------------- 4. masked prediction
+def test_default_masks_are_content_words_and_word_values():
+    from core.explorer import content_positions, value_entities
+
+    toks = [(1, "ken"), (2, "##ob"), (3, "i"), (4, "trail"), (5, "-"), (6, "the"), (7, "jacket"), (8, "s")]
+    got = content_positions(toks, n=2)
+    assert got == [4, 7]  # not the first pieces, no "##" piece, one-letter piece, stop word or punctuation
+    ents = [(0, "eco collection", "no"), (1, "size", "m"), (2, "material", "fleece")]
+    assert value_entities(ents) == [2]
+
+
+def test_masked_page_defaults_baseline_and_drop_mode_statement(setup):
+    at = new_app()
+    open_first_gallery_product(at)
+    goto(at, "3_Masked_prediction")
+    no_exception(at)
+    name = at.session_state["current"]
+    chosen = at.multiselect(key=f"mp_text:{name}").value
+    assert chosen, "a default text mask"
+    labels = {int(o.split(":")[0]): o.split(": ", 1)[1] for o in at.multiselect(key=f"mp_text:{name}").options}
+    assert all(len(labels[i]) >= 3 and not labels[i].startswith("##") for i in chosen)
+    assert any(m.label.startswith("Baseline") for m in at.metric)
+    at.radio(key="mp_mode").set_value("Predict one modality from the others")
+    at.run()
+    at.selectbox(key="mp_drop").set_value("image")
+    at.run()
+    no_exception(at)
+    said = " ".join(i.value for i in at.info)
+    assert "every" in said and "Nothing of the other" in said
+    df = at.dataframe[0].value if at.dataframe else None
+    assert df is None or "truth" not in df or not len(df)  # nothing of text/table masked in drop-image mode
+
+
+# ---------------------------------------------------------------- 5. uploads against the catalog
+def test_match_catalog_flags_a_duplicate_and_infers_the_category(setup):
+    from core.catalog import Catalog
+    from core.explorer import match_catalog
+
+    cat = Catalog.load(setup.catalog)
+    m = match_catalog(cat.fused[0] + 1e-6, cat, "upload-123")
+    assert m.duplicate_id == str(cat.ids[0]) and m.duplicate_cosine > 0.999
+    ex = m.exclude(cat.ids, "upload-123")
+    assert ex[0] and ex.sum() == 1
+    far = match_catalog(-cat.fused[0], cat, "upload-9")
+    assert far.duplicate_id is None and far.category in set(cat.categories.tolist())
+    assert far.votes[0][0] == far.category and sum(n for _, n in far.votes) <= 10
+
+
+def _upload_copy_of(at: AppTest, p) -> None:
+    at.text_input(key="up_title").input(p.title)
+    at.text_area(key="up_description").input(p.description or "")
+    at.file_uploader(key="up_images").set_value([(Path(p.images[0]).name, Path(p.images[0]).read_bytes(), "image/png")])
+    if p.video:
+        at.file_uploader(key="up_video").set_value((Path(p.video).name, Path(p.video).read_bytes(), "video/mp4"))
+    if p.audio:
+        at.file_uploader(key="up_audio").set_value((Path(p.audio).name, Path(p.audio).read_bytes(), "audio/wav"))
+    at.file_uploader(key="up_table_file").set_value(
+        ("attrs.json", json.dumps(p.attributes).encode(), "application/json"))
+    at.run()
+    at.button(key="up_submit").click()
+    at.run()
+    no_exception(at)
+
+
+def test_upload_gets_an_inferred_category_shown_and_editable(setup):
+    p = setup.products[1]
+    at = goto(new_app(), "1_Upload_and_inspect")
+    at.text_input(key="up_title").input("something round")
+    at.file_uploader(key="up_images").set_value([("x.png", Path(p.images[0]).read_bytes(), "image/png")])
+    at.run()
+    at.button(key="up_submit").click()
+    at.run()
+    no_exception(at)
+    name = at.session_state["current"]
+    entry = at.session_state["products"][name]
+    assert entry["category_source"] == "inferred" and entry["product"].category
+    box = at.selectbox(key=f"up_category:{name}")
+    assert box.value == entry["product"].category and "inferred" in box.label
+    other = next(o for o in box.options if o != box.value)
+    box.set_value(other)
+    at.run()
+    assert at.session_state["products"][name]["product"].category == other
+
+
+def test_duplicate_upload_is_flagged_and_left_out_of_its_retrieval(setup):
+    p = setup.products[0]
+    at = goto(new_app(), "1_Upload_and_inspect")
+    _upload_copy_of(at, p)
+    entry = at.session_state["products"][at.session_state["current"]]
+    assert entry["product"].id != p.id
+    warn = " ".join(w.value for w in at.warning)
+    assert "already in the catalog" in warn and p.id in warn
+    goto(at, "6_Retrieval")
+    no_exception(at)
+    spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if json.loads(c.proto.spec)["data"][0]["type"] == "bar")
+    scores = plotly_values(spec["data"][0]["x"])
+    assert scores and max(scores) < 0.999  # its catalog twin (cosine ~1) is not among the results
+
+
+def test_retrieval_shows_the_query_and_warns_on_weak_matches(setup, monkeypatch):
+    import core.explorer as ce
+
+    at = new_app()
+    open_first_gallery_product(at)
+    monkeypatch.setattr(ce, "LOW_COSINE", 1.01)  # every match counts as weak
+    goto(at, "6_Retrieval")
+    no_exception(at)
+    assert any("Query:" in m.value for m in at.markdown)
+    assert any("Weak matches" in w.value for w in at.warning)
+    monkeypatch.setattr(ce, "LOW_COSINE", -1.0)  # none does
+    at.run()
+    assert not any("Weak matches" in w.value for w in at.warning)
+
+
+# ---------------------------------------------------------------- 8. training page
+def test_loss_curve_leaves_absent_batches_out():
+    from core.explorer import loss_curve
+
+    y = loss_curve(np.array([2.0, 0.0, 4.0, 0.0]), 1)
+    assert np.isnan(y[1]) and np.isnan(y[3]) and y[0] == 2.0 and y[2] == 4.0
+    y2 = loss_curve(np.array([2.0, 0.0, 4.0]), 3)
+    assert y2[2] == pytest.approx(3.0)  # the mean of the batches that had the modality, not (2+0+4)/3
+
+
+def test_training_page_drops_zeros_shows_validation_and_folds_the_card(setup):
+    ck = setup.checkpoint.parent / "ckpt-zeros"
+    ck.mkdir(exist_ok=True)
+    for f in ("config.json", "model.safetensors", "card.md"):
+        (ck / f).write_bytes((setup.checkpoint / f).read_bytes())
+    lines = [{"step": i, "epoch": 0, "lr": 1e-3, "loss": {"mlm": 3.0 - 0.1 * i, "mfp": 0.0 if i % 2 else 0.5, "total": 4.0}}
+             for i in range(10)]
+    lines.append({"step": 9, "epoch": 1, "val": {"mlm": 2.5, "mfp": 0.4, "total": 3.5, "mAP@10": 50.0}})
+    (ck / "train_metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.session_state["ckpt_dir"] = str(ck)
+    at.run()
+    goto(at, "7_Training")
+    no_exception(at)
+    spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                if json.loads(c.proto.spec)["layout"]["title"]["text"] == "Loss per task")
+    mfp = next(t for t in spec["data"] if t.get("name") == "mfp")
+    assert 0.0 not in [v for v in mfp["y"] if v is not None]
+    val = [t for t in spec["data"] if t.get("name") == "mfp (validation)"]
+    assert val and val[0]["y"] == [0.4] and val[0]["x"] == [9]
+    assert at.slider(key="tr_smooth").value > 1 or len(lines) < 40  # 10 steps: window 1 is the sensible one
+    card = [e for e in at.main.expander if e.label.startswith("Model card")]
+    assert card and not card[0].proto.expanded

@@ -262,3 +262,52 @@ def test_training_page_drops_zeros_shows_validation_and_folds_the_card(setup):
     assert at.slider(key="tr_smooth").value > 1 or len(lines) < 40  # 10 steps: window 1 is the sensible one
     card = [e for e in at.main.expander if e.label.startswith("Model card")]
     assert card and not card[0].proto.expanded
+
+
+# ---------------------------------------------------------------- 6. map, 7. contributions
+def test_map_colours_lasso_markers_and_method_remembered(setup):
+    at = new_app()
+    open_first_gallery_product(at)
+    goto(at, "4_Embedding_map")
+    no_exception(at)
+    spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if json.loads(c.proto.spec)["layout"].get("dragmode"))
+    assert spec["layout"]["dragmode"] == "lasso"
+    catalog = [t for t in spec["data"] if not t["name"].startswith(("yours", "▶"))]
+    colours = [t["marker"]["color"] for t in catalog if t["name"] != "(other)"]
+    assert len(set(colours)) == len(colours)  # one distinct colour per legend entry
+    current = [t for t in spec["data"] if t["name"].startswith("▶ current")]
+    assert len(current) == 1 and current[0]["marker"]["color"] == "gold"
+    at.selectbox(key="map_color").set_value("missing pattern")
+    at.run()
+    spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if json.loads(c.proto.spec)["layout"].get("dragmode"))
+    assert "T text" in spec["layout"]["legend"]["title"]["text"]
+    at.segmented_control(key="map_method").set_value("umap")
+    at.run()
+    goto(at, "6_Retrieval")
+    goto(at, "4_Embedding_map")
+    no_exception(at)
+    assert at.segmented_control(key="map_method").value == "umap"
+
+
+def test_contributions_headline_names_the_top_modality_and_one_default_metric(setup):
+    from core.catalog import Catalog
+    from core.contributions import modality_contributions
+    from core.explorer import Explorer
+
+    at = new_app()
+    open_first_gallery_product(at)
+    goto(at, "5_Modality_contributions")
+    no_exception(at)
+    entry = at.session_state["products"][at.session_state["current"]]
+    ex = Explorer.load(setup.checkpoint, "cpu")
+    cat = Catalog.load(setup.catalog)
+    res = modality_contributions(ex.model, entry["features"], cat, k=min(10, len(cat) - 1),
+                                 category=entry["product"].category, product_id=entry["product"].id)
+    top = max(res.shapley["similarity"], key=res.shapley["similarity"].get)
+    assert at.subheader[0].value == f"For this product, {top} matters most"
+    bars = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Contributions" in json.loads(c.proto.spec)["layout"]["title"]["text"])
+    assert len(bars["data"]) == 1
+    at.toggle(key="ct_all").set_value(True)
+    at.run()
+    bars = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Contributions" in json.loads(c.proto.spec)["layout"]["title"]["text"])
+    assert len(bars["data"]) >= 2

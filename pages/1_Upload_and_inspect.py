@@ -105,7 +105,9 @@ st.markdown("Present: " + ak.present_badges(d.present()))
 
 cat, _ = ak.require_catalog(s, ex)
 match = ak.catalog_match(ex, s, cat, entry)
-if match.duplicate_id is not None:
+if match.duplicate_id is not None and match.duplicate_id == entry["product"].id:
+    st.caption(f"A catalog product (`{match.duplicate_id}`): it is left out of its own retrieval, AP and contributions.")
+elif match.duplicate_id is not None:
     st.warning(f"This product is already in the catalog as `{match.duplicate_id}` (fused cosine "
                f"{match.duplicate_cosine:.4f}). It is left out of its own retrieval, AP and contributions, so it is "
                "never its own rank-1 match.")

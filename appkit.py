@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
@@ -142,6 +142,17 @@ def sidebar() -> Settings:
         return opts if chosen[key] in opts else opts + [chosen[key]]
 
     with st.sidebar:
+        names = list(ss.get("products", {}))
+        if names:
+            if ss.get("current") not in names:
+                ss["current"] = names[-1]
+            # "current" is plain state (pages set it when they add a product); the widget mirrors it
+            ss["current_pick"] = ss["current"]
+            st.selectbox("Current product", names, key="current_pick",
+                         on_change=lambda: ss.update(current=ss["current_pick"]))
+        # paths are for operators: a demo visitor sees the product picker first, the settings folded away
+        adv = st.expander("Advanced: checkpoint, catalog, examples, device")
+    with adv:
         st.selectbox("Checkpoint", options("ckpt_dir", False), key="ckpt_dir", format_func=label,
                      help="folders holding config.json + model.safetensors under the server's roots "
                           "(default: env SCALE_CHECKPOINT)")
@@ -152,14 +163,6 @@ def sidebar() -> Settings:
                      key="manifest_path", format_func=lambda p: label(p) or "generated examples",
                      help="files named *manifest* under the server's roots (env SCALE_MANIFEST)")
         st.radio("Device", ["auto", "cpu"], key="device", horizontal=True, help="auto = CUDA when present")
-        names = list(ss.get("products", {}))
-        if names:
-            if ss.get("current") not in names:
-                ss["current"] = names[-1]
-            # "current" is plain state (pages set it when they add a product); the widget mirrors it
-            ss["current_pick"] = ss["current"]
-            st.selectbox("Current product", names, key="current_pick",
-                         on_change=lambda: ss.update(current=ss["current_pick"]))
     ckpt = Path(chosen["ckpt_dir"])
     catalog = Path(chosen["catalog_path"]) if chosen["catalog_path"] else ckpt / "catalog.npz"
     manifest = Path(chosen["manifest_path"]) if chosen["manifest_path"] else None
@@ -170,10 +173,26 @@ def explain(text: str) -> None:
     st.caption(f"**What am I looking at?** {text}")
 
 
+# Widget choices that survive a page change. Streamlit drops a widget's state when a run does not draw it;
+# writing the value back at the top of every page keeps it. Buttons and file uploaders cannot be written
+# (their uploads live on as session products); choices that depend on the product carry its name in the key.
+PERSIST_PREFIXES = ("up_title", "up_description", "up_use_soundtrack", "up_category", "mp_", "map_", "rt_", "ct_",
+                    "tr_", "example_pick")
+NOT_WRITABLE = ("up_submit", "ct_wide_run", "map_thumb")
+
+
+def keep_choices() -> None:
+    ss = st.session_state
+    for k in list(ss.keys()):
+        if isinstance(k, str) and k.startswith(PERSIST_PREFIXES) and not k.startswith(NOT_WRITABLE):
+            ss[k] = ss[k]
+
+
 def page(title: str, explanation: str, tab: str | None = None) -> Settings:
     """Every page's opening: browser-tab title (`tab`, default `title`), the sidebar, the heading and the
     "what am I looking at" line. Returns the sidebar's settings."""
     st.set_page_config(page_title=f"{tab or title} · SCALE Explorer", layout="wide")
+    keep_choices()
     s = sidebar()
     st.title(title)
     explain(explanation)
@@ -357,12 +376,14 @@ def train_log(s: Settings):
     return read_train_log(path)
 
 
-def add_product(ex, name: str, product, decoded, errors: dict, generated: bool = False) -> dict | None:
-    """Encode a decoded product and make it current. Returns the entry, or None if nothing was usable."""
+def add_product(ex, name: str, product, decoded, errors: dict, generated: bool = False,
+                features: dict | None = None, notes: "Mapping | None" = None) -> dict | None:
+    """Encode a decoded product (unless `features` are given) and make it current. Returns the entry, or
+    None if nothing was usable."""
     if not any(decoded.present().values()):
         return None
-    entry = {"product": product, "decoded": decoded, "features": ex.features(decoded), "errors": dict(errors),
-             "generated": generated}
+    entry = {"product": product, "decoded": decoded, "features": features if features is not None else ex.features(decoded),
+             "errors": dict(errors), "notes": dict(notes or {}), "generated": generated}
     prods = products()
     base, n = name, 2
     while name in prods and prods[name]["product"].id != product.id:
@@ -370,6 +391,44 @@ def add_product(ex, name: str, product, decoded, errors: dict, generated: bool =
     prods[name] = entry
     st.session_state["current"] = name
     return entry
+
+
+def load_catalog_product(ex, s: Settings, cat: Catalog | None, p, generated: bool = False) -> dict | None:
+    """Load a manifest product into the session: decoded from its files (the pages show the media), features
+    from the feature cache when it holds the product (no backbone pass), else encoded now."""
+    decoded = ex.decode(p)
+    feats = None
+    fc = feature_source(s, cat) if cat is not None else None
+    if fc is not None and p.id in fc:
+        try:
+            feats = dict(fc[p.id])
+            feats["id"] = p.id
+        except (ScaleError, KeyError, OSError):
+            log.warning("feature cache entry %s not usable; encoding instead", p.id, exc_info=True)
+            feats = None
+    return add_product(ex, f"{'[generated] ' if generated else ''}{p.title or p.id}", p, decoded,
+                       decoded.errors, generated, features=feats, notes=getattr(decoded, "notes", None))
+
+
+def catalog_match(ex, s: Settings, cat: Catalog, entry: dict):
+    """core.explorer.match_catalog of a session product, kept in its entry per catalog: duplicate flag and
+    inferred category. An upload without a category takes the inferred one (the user can change it)."""
+    from core.explorer import match_catalog
+
+    memo = entry.setdefault("match", {})
+    key = catalog_key(s, cat)
+    if key not in memo:
+        memo[key] = match_catalog(analysis(ex, entry).fused, cat, entry["product"].id)
+        m = memo[key]
+        if not entry["product"].category and m.category and "category_source" not in entry:
+            entry["product"] = replace(entry["product"], category=m.category)
+            entry["category_source"] = "inferred"
+    return memo[key]
+
+
+def excluded(ex, s: Settings, cat: Catalog, entry: dict) -> np.ndarray:
+    """(N,) bool catalog rows that are the product itself (its id or its duplicate)."""
+    return catalog_match(ex, s, cat, entry).exclude(cat.ids, entry["product"].id)
 
 
 def analysis(ex, entry: dict, missing: str = "mask"):
@@ -387,7 +446,8 @@ def current(required: bool = True) -> tuple[str, dict] | tuple[None, None]:
     if name in prods:
         return name, prods[name]
     if required:
-        st.info("No product yet. Fix: open **Upload and inspect** and upload files or load an example product.")
+        st.info("No product yet. Fix: pick one in the **Home** gallery (one click), or upload files on "
+                "**Upload and inspect**.")
         st.page_link("pages/1_Upload_and_inspect.py", label="Go to Upload and inspect", icon=":material/upload:")
         st.stop()
     return None, None
@@ -426,7 +486,7 @@ def square_crop(img: np.ndarray) -> np.ndarray:
 
 
 def region_grid_figure(img: np.ndarray, values: np.ndarray | None = None, masked: np.ndarray | None = None,
-                       grid: int = 7, title: str = "") -> go.Figure:
+                       grid: int = 7, title: str = "", zmax: float | None = None) -> go.Figure:
     """The image as the backbone sees it with its grid x grid regions; `values` (grid*grid,) overlays a
     heatmap (reconstruction error), `masked` outlines the masked regions."""
     from PIL import Image
@@ -443,6 +503,7 @@ def region_grid_figure(img: np.ndarray, values: np.ndarray | None = None, masked
         if masked is not None:
             v = np.where(np.asarray(masked).reshape(grid, grid), v, np.nan)
         fig.add_trace(go.Heatmap(z=v, x=(np.arange(grid) + 0.5) * cell, y=(np.arange(grid) + 0.5) * cell, opacity=0.55,
+                                 zmin=0 if zmax else None, zmax=zmax,
                                  colorscale="Inferno", colorbar=dict(title="MSE"), hoverongaps=False,
                                  hovertemplate="region row %{y:.0f} col %{x:.0f}<br>MSE %{z:.3f}<extra></extra>"))
     # all grid lines as one trace (None breaks the line): one object instead of 16 validated shapes
@@ -459,14 +520,15 @@ def region_grid_figure(img: np.ndarray, values: np.ndarray | None = None, masked
 
 
 def spectrogram_figure(mel: np.ndarray, patch_frames: int, errors: np.ndarray | None = None,
-                       masked: np.ndarray | None = None, title: str = "Log-mel spectrogram") -> go.Figure:
+                       masked: np.ndarray | None = None, title: str = "Log-mel spectrogram",
+                       emax: float | None = None) -> go.Figure:
     """Mel spectrogram (n_mels, T); masked time patches shaded, coloured by their reconstruction error."""
     fig = go.Figure(go.Heatmap(z=mel, colorscale="Viridis", colorbar=dict(title="log mel"),
                                hovertemplate="frame %{x}<br>mel bin %{y}<br>%{z:.2f}<extra></extra>"))
     if errors is not None and masked is not None and masked.any():
-        emax = float(np.max(errors[masked])) or 1.0
+        emax = emax or float(np.max(errors[masked])) or 1.0  # a fixed scale when given, so runs compare
         for i in np.flatnonzero(masked):
-            a = 0.15 + 0.6 * float(errors[i]) / emax
+            a = 0.15 + 0.6 * min(float(errors[i]) / emax, 1.0)
             fig.add_shape(type="rect", x0=i * patch_frames - 0.5, x1=(i + 1) * patch_frames - 0.5, y0=-0.5,
                           y1=mel.shape[0] - 0.5, fillcolor=f"rgba(255,60,60,{a:.2f})", line=dict(width=0))
             fig.add_annotation(x=(i + 0.5) * patch_frames, y=mel.shape[0] + 2, text=f"{errors[i]:.2f}",
@@ -571,7 +633,7 @@ class _LazyFeatures(Mapping):
         return len(self._ids)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_data(show_spinner=False, max_entries=8, persist="disk")  # survives a server restart: it is slow
 def catalog_wide(_ex, _cat: Catalog, key: str, per_category: int, max_categories: int, _s: Settings,
                  _progress=None) -> pd.DataFrame:
     """Mean Shapley (neighbour similarity) per modality per category; features from the cache when there
@@ -599,3 +661,34 @@ def catalog_scores(key: str, _cat: Catalog, centred: bool = True):
     from core.catalog_check import catalog_scores as compute
 
     return compute(_cat, centred)
+
+
+# ---------------------------------------------------------------- masked prediction references
+@st.cache_data(show_spinner="Counting the catalog's words (once)…", max_entries=4)
+def word_baselines(_ex, manifest: str, mtime: float, ids: tuple[str, ...]) -> dict[str, str]:
+    """Most frequent content word piece of the catalog's texts and of its table values (the baselines)."""
+    from core.explorer import frequency_baseline
+
+    keep = set(ids)
+    prods = [p for p in read_products(manifest, mtime) if p.id in keep]
+    values = [" ".join(str(x) for x in (v if isinstance(v, list) else [v])) for p in prods for v in p.attributes.values()]
+    return {"text": frequency_baseline(_ex.tokenizer, [p.text for p in prods]),
+            "table": frequency_baseline(_ex.tokenizer, values)}
+
+
+@st.cache_data(show_spinner="Measuring the catalog's typical reconstruction error (once per catalog)…",
+               max_entries=4, persist="disk")
+def reference_errors(_ex, _s: Settings, _cat: Catalog, key: str, n: int = 8) -> dict[str, float]:
+    """Median masked-item MSE per modality over up to `n` catalog products (features from the cache, else
+    decoded; decoding is slow, so then only 4): the fixed scale and reference line of the charts."""
+    from core.explorer import reference_errors as ref
+    from core.gallery import choose_gallery
+
+    fc = feature_source(_s, _cat)
+    if fc is not None:
+        ids = [str(i) for i in _cat.ids if str(i) in fc][:n]
+        items = [dict(fc[i], id=i) for i in ids]
+    else:
+        picks = choose_gallery(products_of(_s)[0], _cat.ids, 4)
+        items = [_ex.features(_ex.decode(p)) for p in picks]
+    return ref(_ex, items)

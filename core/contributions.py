@@ -126,16 +126,18 @@ def subset_embeddings(model: torch.nn.Module, features: Mapping, players: Sequen
 
 def modality_contributions(model: torch.nn.Module, features: Mapping, catalog: Catalog, k: int = 10,
                            category: str | None = None, product_id: str | None = None, K: int = 10,
-                           missing: str = "mask") -> Contributions:
+                           missing: str = "mask", exclude: np.ndarray | None = None) -> Contributions:
     """LOO and exact Shapley of each present modality for neighbour similarity and (when `category`
-    is known) category-retrieval AP@K against the catalog's fused embeddings."""
+    is known) category-retrieval AP@K against the catalog's fused embeddings. `exclude` (N,) bool drops
+    catalog rows besides `product_id` (an upload's duplicate in the catalog)."""
     players = present_of(features)
     if not players:
         raise ValueError("the product has no modality, so there is nothing to attribute")
     subsets, emb = subset_embeddings(model, features, players, missing)
     G = l2n(catalog.fused)
     E = l2n(emb)
-    exclude = catalog.ids == product_id if product_id is not None else np.zeros(len(catalog), dtype=bool)
+    own = catalog.ids == product_id if product_id is not None else np.zeros(len(catalog), dtype=bool)
+    exclude = own if exclude is None else (own | np.asarray(exclude, dtype=bool))
     full = frozenset(players)
     sims_full = np.where(exclude, -np.inf, G @ E[subsets.index(full)])
     kk = int(min(k, np.isfinite(sims_full).sum()))

@@ -381,6 +381,97 @@ class Explorer:
         return res
 
 
+# ---------------------------------------------------------------- uploads against the catalog
+DUPLICATE_COSINE = 0.999  # fused cosine above this: the same product (re-encoding jitter stays below 1e-4)
+LOW_COSINE = 0.35  # best retrieval cosine under this: the matches are weak (text->image search gave 0.22-0.27)
+
+
+@dataclass
+class CatalogMatch:
+    """Where a session product stands in the catalog: its duplicate (if any) and its neighbours' category."""
+
+    duplicate_id: str | None  # catalog id of the same product (same id, or fused cosine > DUPLICATE_COSINE)
+    duplicate_cosine: float
+    category: str | None  # majority category of the k nearest other catalog products
+    votes: list[tuple[str, int]]  # (category, count) among those neighbours, most first
+
+    def exclude(self, ids: np.ndarray, product_id: str) -> np.ndarray:
+        """(N,) bool: catalog rows that are this product (its own id or its duplicate), left out of
+        retrieval, AP and contributions so that it is never its own rank-1 match."""
+        out = np.asarray(ids) == product_id
+        if self.duplicate_id is not None:
+            out |= np.asarray(ids) == self.duplicate_id
+        return out
+
+
+def match_catalog(fused: np.ndarray, catalog: Catalog, product_id: str, k: int = 10) -> CatalogMatch:
+    """Duplicate check and category inference (majority of the k nearest non-duplicate products)."""
+    from .metrics import l2n
+
+    ids = np.asarray(catalog.ids).astype(str)
+    sims = l2n(np.asarray(catalog.fused, dtype=np.float32)) @ l2n(np.asarray(fused, dtype=np.float32).reshape(1, -1))[0]
+    dup, dup_cos = None, float("nan")
+    same = np.flatnonzero(ids == product_id)
+    if len(same):
+        dup, dup_cos = product_id, float(sims[same[0]])
+    elif len(sims) and float(sims.max()) > DUPLICATE_COSINE:
+        j = int(np.argmax(sims))
+        dup, dup_cos = str(ids[j]), float(sims[j])
+    others = np.where((ids == product_id) | (ids == dup), -np.inf, sims)
+    order = np.argsort(-others, kind="stable")[: int(min(k, np.isfinite(others).sum()))]
+    counts: dict[str, int] = {}
+    for c in np.asarray(catalog.categories).astype(str)[order]:
+        if c:
+            counts[c] = counts.get(c, 0) + 1
+    votes = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return CatalogMatch(dup, dup_cos, votes[0][0] if votes else None, votes)
+
+
+# ---------------------------------------------------------------- masked prediction defaults
+def content_positions(tokens: Sequence[tuple[int, str]], n: int = 2) -> list[int]:
+    """Default text positions to mask: whole words (a piece not continued by "##" pieces) of at least 3
+    letters that are not stop words, spread over the text (not the first pieces, not "##" continuations or
+    the start of a split word, specials or punctuation)."""
+    stop = {"the", "and", "for", "with", "you", "your", "its", "this", "that", "are", "from", "more", "men",
+            "women", "our", "has", "have", "was", "not", "but", "all", "can"}
+    toks = list(tokens)
+    whole = [j + 1 >= len(toks) or not toks[j + 1][1].startswith("##") for j in range(len(toks))]
+    good = [i for (i, t), w in zip(toks, whole) if w and t.isalpha() and len(t) >= 3 and t not in stop]
+    if len(good) <= n:
+        return good
+    step = len(good) / n  # spread: one from each part of the text
+    return [good[int(step * j + step / 2)] for j in range(n)]
+
+
+def value_entities(entities: Sequence[tuple[int, str, str]], n: int = 1) -> list[int]:
+    """Default table entities to mask: those whose value is a word (not a yes/no flag or one letter)."""
+    good = [e for e, _, v in entities if len(v.strip()) >= 3 and v.strip().lower() not in ("yes", "no")]
+    return (good or [e for e, _, _ in entities])[:n]
+
+
+def frequency_baseline(tokenizer, texts: Sequence[str]) -> str:
+    """The most frequent content word piece (core.mlm_eval.content_ids) of `texts`: the answer of a model
+    that always guesses the same word, the floor a masked prediction should beat."""
+    from collections import Counter
+
+    from .mlm_eval import content_ids
+
+    content = content_ids(tokenizer.get_vocab())
+    counts = Counter(i for t in texts if t for i in tokenizer(t, add_special_tokens=False)["input_ids"] if i in content)
+    return tokenizer.convert_ids_to_tokens([counts.most_common(1)[0][0]])[0] if counts else ""
+
+
+def reference_errors(ex: "Explorer", items: Sequence[Mapping], prob: float = 0.15) -> dict[str, float]:
+    """Median reconstruction MSE of masked items per feature modality over `items` (catalog products'
+    features): the reference line of the masked-prediction charts."""
+    errs: dict[str, list[float]] = {}
+    for i, f in enumerate(items):
+        r = ex.masked_prediction(f, prob=prob, seed=i)
+        for m, e in r.item_error.items():
+            errs.setdefault(m, []).extend(np.asarray(e)[r.item_masked[m]].tolist())
+    return {m: float(np.median(v)) for m, v in errs.items() if v}
+
+
 # ---------------------------------------------------------------- training logs
 @dataclass
 class TrainLog:
@@ -434,6 +525,21 @@ def _s_prime(sp: object) -> np.ndarray:
     except (TypeError, ValueError):
         return np.full((5, 5), np.nan)
     return m if m.shape == (len(MODALITIES), len(MODALITIES)) else np.full((5, 5), np.nan)
+
+
+def loss_curve(values: np.ndarray, window: int) -> np.ndarray:
+    """A task's loss per step for plotting: exact zeros (the trainer logs 0 for a batch that had none of the
+    task's modality) become gaps, then a trailing mean over `window` steps of the batches that had it."""
+    import pandas as pd
+
+    v = np.asarray(values, dtype=float)
+    v = np.where(v == 0.0, np.nan, v)
+    return pd.Series(v).rolling(max(1, int(window)), min_periods=1).mean().to_numpy()
+
+
+def default_smoothing(n_steps: int) -> int:
+    """About 5% of the run, between 1 and 50 steps: enough to read a trend, not enough to hide it."""
+    return int(min(50, max(1, n_steps // 20)))
 
 
 def read_train_log(folder: str | Path) -> TrainLog | None:

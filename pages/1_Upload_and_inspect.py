@@ -39,7 +39,8 @@ with up_tab:
         images = st.file_uploader("Image(s)", type=IMAGE_TYPES, accept_multiple_files=True, key="up_images",
                                   help=f"JPEG / PNG / WebP, up to {cap} MB each; the first one is encoded, the others are shown")
         video = st.file_uploader("Video", type=VIDEO_TYPES, key="up_video", help=f"MP4 / WebM / MOV / AVI, up to {cap} MB")
-        use_sound = st.checkbox("Use the video's soundtrack as audio (when no audio file is given)", value=True,
+        st.session_state.setdefault("up_use_soundtrack", True)  # default once; kept across pages after that
+        use_sound = st.checkbox("Use the video's soundtrack as audio (when no audio file is given)",
                                 key="up_use_soundtrack")
         audio = st.file_uploader("Audio", type=AUDIO_TYPES, key="up_audio", help=f"WAV / FLAC / OGG / MP3 / M4A, up to {cap} MB")
     if st.button("Analyze this product", type="primary", key="up_submit"):
@@ -54,11 +55,14 @@ with up_tab:
             title, description, table or None, [(f.name, f.getvalue()) for f in images or []],
             (video.name, video.getvalue()) if video else None, (audio.name, audio.getvalue()) if audio else None,
             use_sound, table_name=table_name, upload_root=ak.upload_folder())
-        entry = ak.add_product(ex, title.strip() or f"upload {product.id[-8:]}", product, decoded, errors)
+        entry = ak.add_product(ex, title.strip() or f"upload {product.id[-8:]}", product, decoded, errors,
+                               notes=getattr(decoded, "notes", None))
         if entry is None:
+            # the errors are this attempt's: shown alone, never above the previous product's details
+            st.error("Nothing usable was given. Fix: add a title, a table row or a readable image / video / audio file.")
             for m, msg in errors.items():
                 st.error(f"**{m}** left out: {ak.public(msg)}")
-            st.error("Nothing usable was given. Fix: add a title, a table row or a readable image / video / audio file.")
+            st.stop()
         else:  # rerun so the sidebar's product list includes it; the message survives in session state
             st.session_state["flash"] = f"Analyzed **{st.session_state['current']}**."
             st.rerun()
@@ -72,28 +76,58 @@ with ex_tab:
     pick = st.selectbox("Example", range(len(prods)), format_func=lambda i: labels[i], key="example_pick")
     if st.button("Load example", key="example_load") and prods:
         p = prods[pick]
-        decoded = ex.decode(p)
-        entry = ak.add_product(ex, f"{'[generated] ' if generated else ''}{p.title or p.id}", p, decoded,
-                               decoded.errors, generated)
+        entry = ak.load_catalog_product(ex, s, None, p, generated)
         if entry is None:
             st.error(f"{p.id}: none of its files could be read. Fix: check the manifest's paths. "
-                     + ak.public(" ".join(decoded.errors.values())))
+                     + ak.public(" ".join(ex.decode(p).errors.values())))
+            st.stop()
         else:
             st.session_state["flash"] = f"Loaded example **{st.session_state['current']}**."
             st.rerun()
 
-if "flash" in st.session_state:
-    st.success(st.session_state.pop("flash"))
 name, entry = ak.current(required=False)
+flash = st.session_state.pop("flash", None)
 if entry is None:
-    st.info("No product yet: upload files or load an example above.")
+    st.info("No product yet: upload files or load an example above (or pick one in the Home page's gallery).")
     st.stop()
 
 d, feats = entry["decoded"], entry["features"]
-st.header(name + (" · generated example" if entry["generated"] else ""))
-st.markdown("Present: " + ak.present_badges(d.present()))
+# problems first: a success banner never sits above a red error
 for m, msg in entry["errors"].items():
     st.error(f"**{m}** left out: {ak.public(msg)}")
+for m, msg in entry.get("notes", {}).items():
+    st.warning(f"**{m}**: {ak.public(msg)}")
+if flash:
+    (st.info if entry["errors"] else st.success)(flash + (f" {len(entry['errors'])} modality(ies) left out, see above."
+                                                          if entry["errors"] else ""))
+st.header(name + (" · generated example" if entry["generated"] else ""))
+st.markdown("Present: " + ak.present_badges(d.present()))
+
+cat, _ = ak.require_catalog(s, ex)
+match = ak.catalog_match(ex, s, cat, entry)
+if match.duplicate_id is not None and match.duplicate_id == entry["product"].id:
+    st.caption(f"A catalog product (`{match.duplicate_id}`): it is left out of its own retrieval, AP and contributions.")
+elif match.duplicate_id is not None:
+    st.warning(f"This product is already in the catalog as `{match.duplicate_id}` (fused cosine "
+               f"{match.duplicate_cosine:.4f}). It is left out of its own retrieval, AP and contributions, so it is "
+               "never its own rank-1 match.")
+cats = sorted(set(cat.categories.tolist()) - {""})
+product = entry["product"]
+if cats:
+    opts = cats if (product.category or "") in cats or not product.category else [product.category, *cats]
+    inferred = entry.get("category_source") == "inferred"
+    vote_txt = ", ".join(f"{c} ({n})" for c, n in match.votes[:3])
+    chosen = st.selectbox(
+        "Category" + (" (inferred from the nearest catalog products; change it if it is wrong)" if inferred else ""),
+        opts, index=opts.index(product.category) if product.category in opts else 0, key=f"up_category:{name}",
+        help=f"Used for hit marks and AP on Retrieval and Contributions. Nearest 10 catalog products: {vote_txt}")
+    if chosen != product.category:
+        from dataclasses import replace
+
+        entry["product"] = product = replace(product, category=chosen)
+        entry["category_source"] = "user"
+    if inferred:
+        st.caption(f"Inferred category **{product.category}**: nearest 10 catalog products by fused cosine are {vote_txt}.")
 
 summary = {"id": d.product.id, "present": d.present(), "errors": entry["errors"], "category": d.product.category}
 fig = None

@@ -13,6 +13,7 @@ import streamlit as st
 
 import appkit as ak
 from core.contributions import present_of
+from core.explorer import LOW_COSINE
 from core.modalities import MODALITIES
 from core.projection import nearest
 
@@ -25,11 +26,27 @@ s = ak.page("Retrieval",
 ex = ak.require_explorer(s)
 cat, _ = ak.require_catalog(s, ex)
 name, entry = ak.current()
+match = ak.catalog_match(ex, s, cat, entry)  # duplicate check; an upload gets its inferred category here
 feats, product = entry["features"], entry["product"]
+
+# the query, so the results can be judged against it
+q1, q2 = st.columns([1, 5])
+d = entry["decoded"]
+if d.images:
+    q1.image(ak.square_crop(d.images[0]), width="stretch")
+q2.markdown(f"**Query: {name}**  \n{product.category or 'no category'}"
+            + (" (inferred from the nearest catalog products)" if entry.get("category_source") == "inferred" else ""))
+q2.markdown("Present: " + ak.present_badges(d.present()))
+if match.duplicate_id is not None:
+    q2.caption(f"Also in the catalog as `{match.duplicate_id}` (cosine {match.duplicate_cosine:.4f}): left out of "
+               "the results, so it is not its own rank-1 match.")
 
 have = present_of(feats)
 c1, c2, c3 = st.columns([2, 1, 1])
-keep = c1.multiselect("Query modalities", have, default=have, key="rt_query")
+qkey = f"rt_query:{name}"  # the choice depends on what this product has
+if qkey not in st.session_state:
+    st.session_state[qkey] = have
+keep = c1.multiselect("Query modalities", have, key=qkey)
 gallery = c2.selectbox("Gallery embedding", ["fused", *MODALITIES], key="rt_gallery",
                        help="fused: the catalog products' fused embeddings; a modality: that modality's token only")
 k = c3.slider("Top k", 1, min(50, len(cat)), min(12, len(cat)), key="rt_k")
@@ -38,7 +55,11 @@ if not keep:
     st.stop()
 q = ak.analysis(ex, entry).fused if set(keep) == set(have) else ex.embed(feats, keep)  # all: the shared pass
 G = cat.embedding(gallery)
-idx, sc = nearest(q, G, k=k, exclude=cat.ids == product.id)
+idx, sc = nearest(q, G, k=k, exclude=match.exclude(cat.ids, product.id))
+if len(sc) and float(sc[0]) < LOW_COSINE:
+    st.warning(f"Weak matches: the best cosine is {float(sc[0]):.2f} (below {LOW_COSINE}), so the model finds nothing "
+               f"close to this {'+'.join(keep)} query in the {gallery} gallery; the ranking below is close to chance. "
+               "Fix: query with more modalities or search the fused gallery.")
 hit = (cat.categories[idx] == product.category) if product.category else np.zeros(len(idx), bool)
 df = pd.DataFrame({"rank": np.arange(1, len(idx) + 1), "score": sc.round(4), "id": cat.ids[idx],
                    "title": cat.titles[idx], "category": cat.categories[idx], "same_category": hit,

@@ -167,8 +167,9 @@ def test_masked_prediction_masks_exactly_the_chosen_tokens(setup):
     at.run()
     goto(at, PAGES[2])
     no_exception(at)
-    at.multiselect(key="mp_text").set_value([1, 2])
-    at.multiselect(key="mp_table").set_value([0])
+    name = at.session_state["current"]
+    at.multiselect(key=f"mp_text:{name}").set_value([1, 2])
+    at.multiselect(key=f"mp_table:{name}").set_value([0])
     at.run()
     no_exception(at)
     df = at.dataframe[0].value

@@ -133,3 +133,40 @@ def test_browser_upload_and_every_page(server, tmp_path):
         finally:
             browser.close()
     print(f"[browser] home + upload + 6 pages in {time.time() - t0:.0f} s")  # about 75-90 s on 2 busy cores
+
+
+def test_browser_gallery_click_opens_scores(server):
+    """The demo path: Home -> click a gallery product -> its modality scores, with the takeaway when the
+    Modality scores page has one (else its heading); then a screenshot of every page for that product."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    OUT.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.set_default_timeout(90_000)
+            page.goto(url, timeout=60_000)
+            page.get_by_role("heading", name="Try a product").wait_for(timeout=60_000)
+            _wait_idle(page, 90_000)
+            nav = page.locator('[data-testid="stSidebarNav"]')
+            assert nav.get_by_role("link", name="Home").count() == 1  # the home entry says Home, not "app"
+            page.screenshot(path=str(OUT / "gallery_0_home.png"))
+            page.get_by_role("button", name="Open").first.click()
+            page.get_by_role("heading", name="Modality scores").first.wait_for(timeout=90_000)
+            _wait_idle(page, 90_000)
+            _no_exception(page, "scores after a gallery click")
+            assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1  # S is drawn
+            takeaway = page.get_by_text("takeaway", exact=False)
+            if takeaway.count():
+                assert takeaway.first.is_visible()
+            page.screenshot(path=str(OUT / "gallery_2_modality_scores.png"))
+            for i, (link, heading) in enumerate([("Upload and inspect", "Upload and inspect"), *PAGES[1:]], start=1):
+                nav.get_by_role("link", name=link).click()
+                page.get_by_role("heading", name=heading).first.wait_for(timeout=60_000)
+                _wait_idle(page, 90_000)
+                _no_exception(page, f"gallery product on {link}")
+                page.screenshot(path=str(OUT / f"gallery_{i}_{link.replace(' ', '_').lower()}.png"))
+        finally:
+            browser.close()

@@ -378,8 +378,18 @@ def _read_text(path: Path) -> str:
 
 def _rows(path: Path, text: str, norm: Callable[[str], str], delimiter: str = ","
           ) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[tuple[str, str]]]:
-    """(original header, [(first line of the row, {normalized column: value})], skipped rows)."""
-    csv.field_size_limit(max(csv.field_size_limit(), 64 * 2**20))  # long HTML bodies exceed csv's 128 KiB default
+    """(original header, [(first line of the row, {normalized column: value})], skipped rows).
+    Long HTML bodies exceed csv's 128 KiB default field limit, which is process-wide: it is raised for
+    this read only and restored, so manifest and table readers keep their own limit."""
+    old = csv.field_size_limit(max(csv.field_size_limit(), 64 * 2**20))
+    try:
+        return _read_rows(path, text, norm, delimiter)
+    finally:
+        csv.field_size_limit(old)
+
+
+def _read_rows(path: Path, text: str, norm: Callable[[str], str], delimiter: str
+               ) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[tuple[str, str]]]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows: list[tuple[int, dict[str, str]]] = []
     skipped: list[tuple[str, str]] = []

@@ -239,6 +239,18 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
+def _from_rank0(world: int, problem: str | None) -> str | None:
+    """Rank 0's problem (None if none) on every rank: a rank that stopped alone would leave the others
+    waiting at a barrier."""
+    if world > 1:
+        import torch.distributed as dist
+
+        box = [problem]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return problem
+
+
 def _fold_parts(out: Path, index: dict) -> list[Path]:
     """Fold every index part into `index`; returns the parts, to delete once `index` is written. A crash
     between the write and the deletions folds the same records again next time: idempotent."""
@@ -270,34 +282,38 @@ def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None,
         all_products = list(products)
     if limit:
         all_products = all_products[:limit]
-    if rank == 0:
-        if index_path.is_file():
-            index = _read_json(index_path)
-            if index.get("backbones") != cfg.to_dict():
-                raise CacheError(f"{index_path}: cache was built with other backbones {index.get('backbones')}. "
-                                 "Fix: use another --out folder, or delete this one.")
-        else:
-            index = {"version": VERSION, "backbones": cfg.to_dict(), "manifest": str(manifest), "products": {}, "failures": {}}
-        index.setdefault("failures", {})
-        index["manifest_problems"] = problems
     shards = out / "shards"
     gone: list[str] = []
-    if rank == 0:  # a killed sharded build's records, then the repairs, before any other rank reads the index
-        parts = _fold_parts(out, index)
-        # following the repair advice (delete a bad shard): its products are extracted again
-        gone = sorted(pid for pid, e in index["products"].items() if not (shards / e["shard"]).is_file())
-        for pid in gone:
-            del index["products"][pid]
-        if parts or world > 1:
-            _atomic_write_bytes(index_path, json.dumps(index).encode())
-            for p in parts:
-                p.unlink(missing_ok=True)
-    _barrier(world)
+    problem = None
+    if rank == 0:
+        try:
+            if index_path.is_file():
+                index = _read_json(index_path)
+                if index.get("backbones") != cfg.to_dict():
+                    raise CacheError(f"{index_path}: cache was built with other backbones {index.get('backbones')}. "
+                                     "Fix: use another --out folder, or delete this one.")
+            else:
+                index = {"version": VERSION, "backbones": cfg.to_dict(), "manifest": str(manifest), "products": {}, "failures": {}}
+            index.setdefault("failures", {})
+            index["manifest_problems"] = problems
+            # a killed sharded build's records, then the repairs, before any other rank reads the index
+            parts = _fold_parts(out, index)
+        except CacheError as e:
+            problem = str(e)
+        else:
+            # following the repair advice (delete a bad shard): its products are extracted again
+            gone = sorted(pid for pid, e in index["products"].items() if not (shards / e["shard"]).is_file())
+            for pid in gone:
+                del index["products"][pid]
+            if parts or world > 1:
+                _atomic_write_bytes(index_path, json.dumps(index).encode())
+                for p in parts:
+                    p.unlink(missing_ok=True)
+    problem = _from_rank0(world, problem)  # also the barrier: index.json is ready
+    if problem:
+        raise CacheError(problem)
     if rank != 0:
         index = _read_json(index_path)
-        if index.get("backbones") != cfg.to_dict():  # rank 0 raised the same error; say it on every rank
-            raise CacheError(f"{index_path}: cache was built with other backbones {index.get('backbones')}. "
-                             "Fix: use another --out folder, or delete this one.")
     # failed products are retried: the broken file may have been fixed since
     todo = [p for p in all_products if p.id not in index["products"] or p.id in index["failures"]]
     retried = [p.id for p in todo if p.id in index["failures"]]

@@ -156,10 +156,12 @@ def scaled_lr(lr: float, global_batch: int, mode: str) -> float:
 
 
 def loader_workers(requested: int, device: torch.device) -> int:
-    """-1 (auto): none on the CPU (workers would take cores from the model), up to 4 on CUDA."""
+    """-1 (auto): none on the CPU (workers would take cores from the model); on CUDA up to 4, leaving each
+    of the node's ranks one core of its share for the training loop."""
     if requested >= 0:
         return requested
-    return min(4, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+    share = (os.cpu_count() or 2) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return min(4, max(1, share - 1)) if device.type == "cuda" else 0
 
 
 def build_optimizer(model: SCALE, lr: float, weight_decay: float, pretrained_lr_mult: float,
@@ -475,7 +477,7 @@ def train(a: TrainArgs) -> Path:
     if is_main and a.resume:  # the killed run may have logged steps past its last checkpoint (or had none)
         _truncate_metrics(run / "metrics.jsonl", step)
     metrics_f = open(run / "metrics.jsonl", "a") if is_main else None
-    started, last_save = time.time(), time.time()
+    started, last_save, cpu0 = time.time(), time.time(), time.process_time()
 
     def meta_now() -> dict:
         return {"step": step, "epoch": epoch, "in_epoch": in_epoch, "elapsed": elapsed0 + time.time() - started,
@@ -526,7 +528,8 @@ def train(a: TrainArgs) -> Path:
                 if is_main:
                     # the main learning rate (the pretrained text group runs at pretrained_lr_mult of it)
                     rec = step_record(out, step, epoch, max(scheduler.get_last_lr()), n_batch * world)
-                    rec["t"] = round(time.time() - started, 3)  # seconds into this process's loop (core.bench)
+                    # wall and CPU seconds into this process's loop (core.bench; CPU time stays fair on shared cores)
+                    rec["t"], rec["cpu_t"] = round(time.time() - started, 3), round(time.process_time() - cpu0, 3)
                     metrics_f.write(json.dumps(rec) + "\n")
                     metrics_f.flush()
                     rate = products_seen / max(1e-6, time.time() - started)

@@ -15,7 +15,6 @@ import torch
 from core.dataset import Collator, FeatureDataset, StepBatches, epoch_batches, epoch_order, step_loader
 from core.errors import ScaleError
 from core.features import FeatureCache, build_cache, load_index
-from core.records import read_manifest
 from scale_testkit import products as random_products, tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,9 +75,15 @@ def reference(one_thread, tmp_path_factory, synth_catalog):
 def test_two_rank_build_equals_one_process_build(tmp_path, synth_catalog, reference):
     out = tmp_path / "cache"
     procs = start_ranks(synth_catalog, out, 2, "--chunk", "2")
-    for p in procs:
-        _, err = p.communicate(timeout=240)
-        assert p.returncode == 0, err[-3000:]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err[-3000:]
+    finally:  # a failed or timed-out rank must not outlive the test (its peer would wait at a barrier)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert_same_cache(out, reference)
     assert not list(out.glob("index.rank-*.json"))  # rank 0 merged the parts into index.json
     index = json.loads((out / "index.json").read_text())

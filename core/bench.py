@@ -2,6 +2,8 @@
 
     python -m core.bench model [--device cpu|cuda|auto] [--batch 32] [--configs small,base] [--iters 5] [--threads N]
     python -m core.bench train [--cache DIR]          training products/s of `small`
+    python -m core.bench train --cache DIR --manifest M [--workers N] [--batch B] [--iters 20]   the same, through core.train
+    python -m core.bench features --manifest M [--limit 200] [--workers 0,1]   feature build products/s per decode-worker count
     python -m core.bench embed --cache DIR --manifest M   catalog embedding products/s (cached, raw files)
     python -m core.bench app                          app timings (core.explorer.bench_app)
     python -m core.bench app --catalog-check NPZ --checkpoint DIR [--manifest M]   only the Catalog check page's
@@ -137,9 +139,43 @@ def cmd_model(args: argparse.Namespace) -> dict:
     return out
 
 
+def bench_trainer(args: argparse.Namespace) -> dict:
+    """core.train itself (its data path, length-grouped batches, optimizer, metrics) for --iters steps of
+    `small` into a temporary run folder: products/s between the end of step 1 (warm-up) and the last."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .train import TrainArgs, train
+
+    run = Path(tempfile.mkdtemp(prefix="scale-bench-train-"))
+    try:
+        t = time.perf_counter()
+        train(TrainArgs(manifest=args.manifest, out=str(run), config="small", cache=args.cache, device=args.device,
+                        batch_size=args.batch, epochs=1000, max_steps=args.iters + 1, split="train", val_split=None,
+                        fit_fusion_on=None, workers=args.workers, save_every_min=1e9,
+                        sets=("center_fusion=false",)))  # no end-of-run centring pass: only the steps are timed
+        wall = time.perf_counter() - t
+        recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+        recs = [r for r in recs if "t" in r]
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+    products = sum(r["products"] for r in recs[1:])
+    dt, cpu = recs[-1]["t"] - recs[0]["t"], recs[-1]["cpu_t"] - recs[0]["cpu_t"]
+    return {"device": args.device, "threads": torch.get_num_threads(), "batch": args.batch, "data": args.cache,
+            "path": "core.train", "workers": args.workers, "steps_timed": len(recs) - 1,
+            "step_s_mean": round(dt / max(1, len(recs) - 1), 3), "products_per_s": round(products / dt, 2),
+            "cpu_s_per_product": round(cpu / products, 4), "products_per_cpu_s": round(products / cpu, 2),
+            "wall_s_with_setup_and_final_save": round(wall, 1)}
+
+
 def cmd_train(args: argparse.Namespace) -> dict:
     """Training throughput (products/s) of `small`: real optimizer steps on shop3k-shaped batches,
-    or on the feature cache's products when --cache is given."""
+    or on the feature cache's products when --cache is given (through core.train with --manifest)."""
+    if args.manifest:
+        if not args.cache:
+            raise SystemExit("error: train --manifest needs --cache (the feature cache of that manifest).")
+        return bench_trainer(args)
     from .backbones import resolve_device, set_offline
     from .config import get_config
     from .dataset import Collator, FeatureDataset, batch_to
@@ -159,10 +195,10 @@ def cmd_train(args: argparse.Namespace) -> dict:
         batches = [Collator(seed=i)([ds[j] for j in range(i * args.batch, (i + 1) * args.batch)]) for i in range(args.iters + 1)]
     else:
         batches = [shop_batch(args.batch, cfg, seed=i) for i in range(args.iters + 1)]
-    times = []
+    times, cpu_times = [], []
     for i, b in enumerate(batches):
         b = batch_to(b, device)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         loss = model(b).losses["total"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -171,10 +207,38 @@ def cmd_train(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         if i:  # the first step warms up
             times.append(time.perf_counter() - t)
+            cpu_times.append(time.process_time() - c)
     med = float(np.median(times))
+    cpu = float(np.mean(cpu_times))  # CPU seconds (all threads) a step: fair to compare on shared cores
     return {"device": str(device), "threads": torch.get_num_threads(), "batch": args.batch,
             "data": args.cache or "shop3k-shaped random", "step_s_median": round(med, 3),
-            "products_per_s": round(args.batch / med, 2)}
+            "products_per_s": round(args.batch / med, 2), "cpu_s_per_product": round(cpu / args.batch, 4),
+            "products_per_cpu_s": round(args.batch / cpu, 2)}
+
+
+def cmd_features(args: argparse.Namespace) -> dict:
+    """Feature cache build speed on the manifest's first --limit products, once per decode-worker count,
+    each into a fresh temporary folder (one process; ranks split the same work)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .backbones import set_offline
+    from .features import build_cache
+
+    set_offline()
+    out: dict = {"device": args.device, "threads": torch.get_num_threads(), "limit": args.limit, "runs": []}
+    for w in (int(x) for x in args.workers.split(",")):
+        root = Path(tempfile.mkdtemp(prefix="scale-bench-features-"))
+        try:
+            t = time.perf_counter()
+            s = build_cache(args.manifest, root / "cache", args.limit, args.device, args.chunk, progress=False, workers=w)
+            wall = time.perf_counter() - t
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        out["runs"].append({"workers": w, "products": s["processed_now"], "wall_s": round(wall, 1),
+                            "products_per_s": round(s["processed_now"] / wall, 2)})
+    return out
 
 
 def cmd_embed(args: argparse.Namespace) -> dict:
@@ -419,7 +483,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--cache", default=None, help="feature cache folder (default: random shop3k-shaped batches)")
+    p.add_argument("--manifest", default=None, help="with --cache: time core.train itself on its train split")
+    p.add_argument("--workers", type=int, default=-1, help="core.train's DataLoader workers (-1: its default)")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("features", help="feature cache build products/s, per decode-worker count")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--workers", default="0,1", help="comma list of decode-worker counts to time")
+    p.add_argument("--chunk", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_features)
     p = sub.add_parser("embed", help="catalog embedding speed, from cached features and from raw files")
     p.add_argument("--checkpoint", default="checkpoints/scale-shop3k-small")
     p.add_argument("--cache", default=None)

@@ -1,7 +1,7 @@
 """Train SCALE on a manifest (SCALE.md section 7), on one process or under `torchrun` (DDP).
 
     python -m core.train --manifest M --out RUN_DIR [--config small|base|FILE.json] [--epochs N]
-        [--batch-size B] [--set key=value ...] [--resume]
+        [--batch-size B] [--lr-scale linear|sqrt|none] [--workers N] [--set key=value ...] [--resume]
     torchrun --nproc_per_node 2 -m core.train ...   (gloo on CPU, NCCL on GPU)
 
 RUN_DIR gets metrics.jsonl (one line a step, plus one `val` line an epoch), checkpoints/step-N/
@@ -9,6 +9,12 @@ RUN_DIR gets metrics.jsonl (one line a step, plus one `val` line an epoch), chec
 final/ (the trained model). `--resume` restores model, optimizer, scheduler, RNG and the position in
 the epoch: the data order and the masking of each step are functions of (seed, epoch, step), so a
 resumed run sees exactly the batches the killed one would have seen.
+
+Data path: the feature cache is read into memory once (the length scan loads every shard; DataLoader
+workers fork after it and share those pages). Batches are collated from the length-grouped batch
+lists in the training process (`--workers 0`, the CPU default: on a few shared cores a worker only
+takes cores from the model) or by DataLoader workers (the CUDA default) into pinned memory, copied
+with non_blocking; bf16 autocast and fused AdamW on CUDA.
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ from .backbones import resolve_device, set_offline
 from .catalog import fusion_center
 from .checkpoint import load_checkpoint, save_checkpoint, set_file_mode
 from .config import get_config
-from .dataset import Collator, FeatureDataset, batch_to
+from .dataset import Collator, FeatureDataset, StepBatches, batch_to, step_loader
+from .dataset import epoch_batches, epoch_order  # noqa: F401 - moved to core.dataset; importable from here as before
 from .errors import CheckpointError, ScaleError
 from .features import FeatureCache, build_cache
 from .modalities import MODALITIES
@@ -72,6 +79,8 @@ class TrainArgs:
     fit_fusion_on: str | None = "dev"
     mask_prob: float = 0.15
     sets: tuple = ()
+    lr_scale: str = "none"
+    workers: int = -1  # DataLoader workers; -1: 0 on the CPU, up to 4 on CUDA
 
 
 def parse_sets(sets) -> dict:
@@ -132,27 +141,35 @@ def lr_lambda(total: int, warmup: float):
     return f
 
 
-def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
-    """Same permutation on every rank, each rank takes its stride (as DistributedSampler, padded)."""
-    perm = np.random.default_rng([seed, epoch]).permutation(n).tolist()
-    total = math.ceil(n / world) * world
-    perm += perm[: total - n]
-    return perm[rank:total:world]
+LR_SCALES = ("none", "linear", "sqrt")
+LR_REFERENCE_BATCH = 32  # the batch the default --lr was tuned for
 
 
-def epoch_batches(order: list[int], lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  group: int = 8) -> list[list[int]]:
-    """Batches of similar token length: within windows of `group` batches the products are sorted by
-    length, then the batches are shuffled. Most shop3k titles are ~12 tokens but a few descriptions
-    fill 64, so random batches pad nearly everything to 64; grouping cuts the text work ~3x.
-    A pure function of (order, seed, epoch), so a resumed run rebuilds the same batches."""
-    window = batch_size * group
-    batches = []
-    for s in range(0, len(order), window):
-        chunk = sorted(order[s: s + window], key=lambda i: (lengths[i], i))
-        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
-    perm = np.random.default_rng([seed, epoch, 1]).permutation(len(batches))
-    return [batches[i] for i in perm]
+def scaled_lr(lr: float, global_batch: int, mode: str) -> float:
+    """--lr for a global batch (batch size x ranks) other than 32: linear (x B/32), sqrt (x sqrt(B/32)) or none."""
+    if mode not in LR_SCALES:
+        raise ScaleError(f"--lr-scale {mode!r}: use one of {', '.join(LR_SCALES)}.")
+    if global_batch < 1:
+        raise ScaleError(f"--batch-size {global_batch}: must be 1 or more.")
+    ratio = global_batch / LR_REFERENCE_BATCH
+    return lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[mode]
+
+
+def loader_workers(requested: int, device: torch.device) -> int:
+    """-1 (auto): none on the CPU (workers would take cores from the model); on CUDA up to 4, leaving each
+    of the node's ranks one core of its share for the training loop."""
+    if requested >= 0:
+        return requested
+    share = (os.cpu_count() or 2) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return min(4, max(1, share - 1)) if device.type == "cuda" else 0
+
+
+def build_optimizer(model: SCALE, lr: float, weight_decay: float, pretrained_lr_mult: float,
+                    device: torch.device) -> torch.optim.Optimizer:
+    """The model's AdamW groups; on CUDA the fused kernel (one launch for all parameters)."""
+    if device.type != "cuda":
+        return model.configure_optimizers(lr, weight_decay, pretrained_lr_mult)
+    return torch.optim.AdamW(model.param_groups(lr, weight_decay, pretrained_lr_mult), lr=lr, fused=True)
 
 
 # ---------------------------------------------------------------- trainer state on disk (no pickle)
@@ -384,6 +401,9 @@ def fit_fusion(model, dataset: FeatureDataset, batch_size: int) -> dict:
 def train(a: TrainArgs) -> Path:
     """Run (or resume) a training run; returns RUN_DIR/final."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if a.workers < -1:
+        raise ScaleError(f"--workers {a.workers}: use 0 or more, or -1 for the default.")
+    lr = scaled_lr(a.lr, a.batch_size * world, a.lr_scale)  # checked before any slow step
     device = resolve_device(a.device)
     if world > 1:
         if device.type == "cuda":
@@ -428,7 +448,9 @@ def train(a: TrainArgs) -> Path:
     if ckpt:
         cfg = model.cfg
     model.train()
-    optimizer = model.configure_optimizers(a.lr, a.weight_decay, a.pretrained_lr_mult)
+    if is_main and lr != a.lr:
+        print(f"--lr-scale {a.lr_scale}: lr {a.lr:g} -> {lr:g} for a global batch of {a.batch_size * world}", file=sys.stderr)
+    optimizer = build_optimizer(model, lr, a.weight_decay, a.pretrained_lr_mult, device)
     steps_per_epoch = math.ceil(len(train_set) / (a.batch_size * world))
     total = a.epochs * steps_per_epoch if a.max_steps is None else min(a.max_steps, a.epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, a.warmup))
@@ -455,7 +477,7 @@ def train(a: TrainArgs) -> Path:
     if is_main and a.resume:  # the killed run may have logged steps past its last checkpoint (or had none)
         _truncate_metrics(run / "metrics.jsonl", step)
     metrics_f = open(run / "metrics.jsonl", "a") if is_main else None
-    started, last_save = time.time(), time.time()
+    started, last_save, cpu0 = time.time(), time.time(), time.process_time()
 
     def meta_now() -> dict:
         return {"step": step, "epoch": epoch, "in_epoch": in_epoch, "elapsed": elapsed0 + time.time() - started,
@@ -476,15 +498,17 @@ def train(a: TrainArgs) -> Path:
     from tqdm import tqdm
     bar = tqdm(total=total, initial=step, unit="step", disable=not is_main, dynamic_ncols=True, desc="train")
     products_seen = 0
+    steps = StepBatches(train_set, lengths, a.batch_size, a.seed, rank, world, cfg.missing, a.mask_prob)
+    # every remaining step's batch, in order: one iterator for the run, so workers run ahead across epochs
+    batch_iter = step_loader(steps, steps.keys(epoch, in_epoch, step, total, a.epochs),
+                             loader_workers(a.workers, device), pin=device.type == "cuda")
     try:
         while step < total and epoch < a.epochs:
-            order = epoch_order(len(train_set), a.seed, epoch, rank, world)
-            batches = epoch_batches(order, lengths, a.batch_size, a.seed, epoch)
+            batches = steps.batches(epoch)
             while in_epoch < len(batches) and step < total:
-                idx = batches[in_epoch]
-                col = Collator(missing=cfg.missing, mask_prob=a.mask_prob, seed=(a.seed, epoch, in_epoch, rank))
-                batch = batch_to(col([train_set[i] for i in idx]), device)
-                t0 = time.time()
+                host = next(batch_iter)
+                n_batch = len(host["id"])
+                batch = batch_to(host, device)
                 with amp:
                     out = ddp(batch)
                 loss = out.losses["total"]
@@ -500,10 +524,12 @@ def train(a: TrainArgs) -> Path:
                 scheduler.step()
                 step += 1
                 in_epoch += 1
-                products_seen += len(idx) * world
+                products_seen += n_batch * world
                 if is_main:
                     # the main learning rate (the pretrained text group runs at pretrained_lr_mult of it)
-                    rec = step_record(out, step, epoch, max(scheduler.get_last_lr()), len(idx) * world)
+                    rec = step_record(out, step, epoch, max(scheduler.get_last_lr()), n_batch * world)
+                    # wall and CPU seconds into this process's loop (core.bench; CPU time stays fair on shared cores)
+                    rec["t"], rec["cpu_t"] = round(time.time() - started, 3), round(time.process_time() - cpu0, 3)
                     metrics_f.write(json.dumps(rec) + "\n")
                     metrics_f.flush()
                     rate = products_seen / max(1e-6, time.time() - started)
@@ -555,6 +581,7 @@ def train(a: TrainArgs) -> Path:
         return final
     finally:
         bar.close()
+        del batch_iter  # stops DataLoader workers
         if metrics_f:
             metrics_f.close()
         if world > 1 and dist.is_initialized():
@@ -568,7 +595,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", default="small", help="small | base | a config .json")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32, help="per process")
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=3e-4, help="for a global batch of 32 (see --lr-scale)")
+    ap.add_argument("--lr-scale", default="none", choices=LR_SCALES,
+                    help="scale --lr to the global batch (batch size x ranks) relative to 32: linear, sqrt or none")
+    ap.add_argument("--workers", type=int, default=-1,
+                    help="DataLoader processes that collate batches (-1: 0 on the CPU, up to 4 on CUDA)")
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps")
     ap.add_argument("--seed", type=int, default=0)

@@ -88,3 +88,23 @@ def load_tiny_model(setup: TinySetup):
     from core.checkpoint import load_checkpoint
 
     return load_checkpoint(setup.checkpoint, "cpu").eval()
+
+
+# ---------------------------------------------------------------- AppTest helpers shared by the app tests
+def new_app() -> "AppTest":
+    """The app's home page, run once (a fresh session)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
+    at.run()
+    return at
+
+
+def goto(at, page: str):
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    return at
+
+
+def no_exception(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]

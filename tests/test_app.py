@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_fixtures import tiny_setup
+from app_fixtures import goto, new_app, no_exception, tiny_setup  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["1_Upload_and_inspect", "2_Modality_scores", "3_Masked_prediction", "4_Embedding_map",
-         "5_Modality_contributions", "6_Retrieval", "7_Training"]
+         "5_Modality_contributions", "6_Retrieval", "7_Training", "8_Catalog_check"]
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +38,6 @@ def explorer(setup):
     from core.explorer import Explorer
 
     return Explorer.load(setup.checkpoint, "cpu")
-
-
-def new_app() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    at.run()
-    return at
-
-
-def goto(at: AppTest, page: str) -> AppTest:
-    at.switch_page(f"pages/{page}.py")
-    at.run()
-    return at
-
-
-def no_exception(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
 
 
 def chart_specs(at: AppTest) -> list[dict]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_fixtures import tiny_setup
+from app_fixtures import goto, new_app, no_exception, tiny_setup  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,22 +24,6 @@ def setup(featurizer):
     yield s
     for k, v in old.items():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
-def new_app() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    at.run()
-    return at
-
-
-def goto(at: AppTest, page: str) -> AppTest:
-    at.switch_page(f"pages/{page}.py")
-    at.run()
-    return at
-
-
-def no_exception(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
 
 
 def plotly_values(v) -> list[float]:

@@ -171,3 +171,65 @@ def test_browser_gallery_click_opens_scores(server):
                 page.screenshot(path=str(OUT / f"gallery_{i}_{link.replace(' ', '_').lower()}.png"))
         finally:
             browser.close()
+
+
+def test_eight_browser_sessions_at_once_each_get_their_own_S(server, tmp_path):
+    """Load: 8 browser sessions on one server, each uploading a different product; every submit is sent
+    before any result is awaited, so the server analyzes them side by side on its one shared model. Each
+    session's takeaway (its least typical pair, S and percentile against the catalog) must equal the one
+    computed for the same upload alone, and the server's peak RSS must stay under 3 GB."""
+    from playwright.sync_api import sync_playwright
+
+    from core.catalog import Catalog
+    from core.catalog_check import catalog_scores, s_centred, takeaway
+    from core.explorer import Explorer
+    from core.synth import COLORS, draw_shape, write_image
+
+    url, setup = server
+    shapes = [(s, c) for s in ("circle", "square", "triangle", "star") for c in ("red", "blue")]
+    uploads = []
+    for k, (shape, colour) in enumerate(shapes):
+        path = write_image(tmp_path / f"p{k}.png", draw_shape(shape, COLORS[colour], 200))
+        uploads.append((f"{colour.title()} {shape} badge {k}", path))
+    ex = Explorer.load(setup.checkpoint, "cpu")
+    cs = catalog_scores(Catalog.load(setup.catalog), s_centred(ex.model.cfg))
+    want = []
+    for title, path in uploads:  # the reference: the same upload, analyzed alone
+        product, decoded, errors = ex.product_from_inputs(title=title, images=[(path.name, path.read_bytes())])
+        want.append(takeaway(ex.analyze(ex.features(decoded)).S, cs))
+    assert len(set(want)) > 1  # the products differ, so a mixed-up session could not pass
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            pages = []
+            for title, path in uploads:
+                page = browser.new_context(viewport={"width": 1200, "height": 1400}).new_page()
+                page.set_default_timeout(240_000)
+                page.goto(url + "/Upload_and_inspect", timeout=120_000)
+                page.get_by_role("heading", name="Upload and inspect").wait_for()
+                _wait_idle(page, 240_000)
+                page.get_by_label("Title", exact=True).fill(title)
+                page.keyboard.press("Enter")
+                _wait_idle(page, 240_000)
+                box = page.locator('[data-testid="stFileUploader"]').filter(has_text="Image(s)").first
+                box.locator('input[type="file"]').set_input_files(str(path))
+                _wait_idle(page, 240_000)
+                pages.append(page)
+            for page in pages:  # all eight submits first
+                page.get_by_role("button", name="Analyze this product").click()
+            for k, page in enumerate(pages):
+                page.get_by_text("Analyzed").wait_for()
+                _wait_idle(page, 240_000)
+                _no_exception(page, f"session {k} upload")
+                page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Modality scores").click()
+                page.get_by_text("catalog products with both", exact=False).first.wait_for()
+                _wait_idle(page, 240_000)
+                shown = page.get_by_text("catalog products with both", exact=False).first.inner_text()
+                assert want[k] in shown, (k, want[k], shown)
+        finally:
+            browser.close()
+    pid = int(subprocess.run(["pgrep", "-f", "--", f"server.port {url.rsplit(':', 1)[1]}"], capture_output=True,
+                             text=True).stdout.split()[0])
+    hwm_kb = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM:"))
+    print(f"[browser] 8 sessions: server peak RSS {hwm_kb / 2**20:.2f} GB")
+    assert hwm_kb / 2**20 < 3.0, f"server peak RSS {hwm_kb / 2**20:.2f} GB"

@@ -43,7 +43,7 @@ from .errors import CheckpointError, ScaleError
 from .features import FeatureCache, build_cache
 from .modalities import MODALITIES
 from .model import SCALE
-from .records import read_manifest
+from .records import read_manifest, scan_manifest
 from .splits import in_split
 
 
@@ -417,7 +417,12 @@ def train(a: TrainArgs) -> Path:
     torch.manual_seed(a.seed + rank)
     overrides = parse_sets(a.sets)
     cfg = get_config(a.config, **overrides)
-    products = read_manifest(a.manifest)  # read once: the cache check and both splits use it
+    report = scan_manifest(a.manifest)  # read once: the cache check and both splits use it
+    products = report.products
+    if report.problems and is_main:  # a bad line skips that product, as the feature build does
+        print(f"{len(report.problems)} manifest lines skipped:", file=sys.stderr)
+        for pr in report.problems[:20]:
+            print(f"  {pr.message}", file=sys.stderr)
     cache = ensure_cache(a.manifest, a.cache, "cpu" if world > 1 and device.type == "cpu" else a.device, rank, products)
     keep = tuple(m.strip() for m in a.modalities.split(",") if m.strip())
     unknown = set(keep) - set(MODALITIES)

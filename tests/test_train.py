@@ -162,3 +162,15 @@ def test_fusion_weights_fitted_at_the_end_and_logged(tiny_setup, tmp_path):
 def test_fusion_weights_are_never_fitted_on_val(tiny_setup, tmp_path):
     r = run_cli(base_args(tiny_setup, tmp_path / "run", "--epochs", "1", "--fit-fusion-on", "val"))
     assert r.returncode == 2 and "dev" in r.stderr
+
+
+def test_a_bad_manifest_line_is_skipped_and_listed(tiny_setup, tmp_path):
+    manifest, cfg, cache = tiny_setup
+    bad = tmp_path / "manifest.jsonl"
+    bad.write_text(Path(manifest).read_text().rstrip("\n") + '\n{"id": "broken", "images": 5}\n')
+    args = ["--manifest", str(bad), "--out", str(tmp_path / "run"), "--config", str(cfg), "--cache", str(cache),
+            "--batch-size", "2", "--split", "all", "--val-split", "none", "--fit-fusion-on", "none",
+            "--device", "cpu", "--max-steps", "1"]
+    r = run_cli(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 manifest lines skipped" in r.stderr and "images" in r.stderr

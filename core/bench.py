@@ -6,6 +6,8 @@
     python -m core.bench features --manifest M [--limit 200] [--workers 0,1]   feature build products/s per decode-worker count
     python -m core.bench embed --cache DIR --manifest M   catalog embedding products/s (cached, raw files)
     python -m core.bench app                          app timings (core.explorer.bench_app)
+    python -m core.bench app --gallery --checkpoint DIR --manifest M [--features CACHE]   home page, then a
+        gallery click to the product's scores
     python -m core.bench app --catalog-check NPZ --checkpoint DIR [--manifest M]   only the Catalog check page's
         first render (fresh interpreter, empty caches) and a rerun, on that catalog
     python -m core.bench ann [--n 1000000] [--dim 384] [--queries 200]   ANN index on a synthetic catalog
@@ -278,6 +280,8 @@ def cmd_app(args: argparse.Namespace) -> dict:
 
     if args.catalog_check:
         return catalog_check_render(args.catalog_check, args.checkpoint, args.manifest)
+    if args.gallery:
+        return gallery_click(args.checkpoint, args.manifest, args.features)
     return bench_app(args.checkpoint, args.catalog_size, args.device)
 
 
@@ -326,6 +330,56 @@ def catalog_check_render(catalog: str, checkpoint: str | None, manifest: str | N
     with _np.load(catalog, allow_pickle=False) as z:
         n = len(z["ids"])
     return dict(json.loads(run.stdout.strip().splitlines()[-1]), catalog_products=n)
+
+
+_GALLERY = """
+import json, sys, time
+from streamlit.testing.v1 import AppTest
+def home():
+    at = AppTest.from_file(sys.argv[1], default_timeout=600)
+    at.run()
+    return at, [b.key for b in at.button if str(b.key or "").startswith("gal_")]
+t = time.perf_counter()
+at, keys = home()  # a new session: the process's model cache is shared, as on a server
+first_home = time.perf_counter() - t
+if not keys:
+    raise SystemExit("no gallery on the home page: the manifest has no val product in the catalog")
+clicks = []
+for k in keys[:3]:  # three products, each in a fresh session: the first click and the median
+    at, _ = home()
+    t = time.perf_counter()
+    [x for x in at.button if x.key == k][0].click()
+    at.run()
+    clicks.append(time.perf_counter() - t)
+    if at.exception:
+        raise SystemExit("app raised: " + at.exception[0].value)
+print(json.dumps({"home_s": round(first_home, 2), "gallery_click_to_S_s": round(sorted(clicks)[len(clicks) // 2], 2),
+                  "clicks_s": [round(c, 2) for c in clicks], "page_after_click": at.title[0].value}))
+"""
+
+
+def gallery_click(checkpoint: str | None, manifest: str | None, features: str | None) -> dict:
+    """The demo path in a fresh interpreter: the home page (model load included), then a click on a gallery
+    product until its Modality scores page has run (product loaded, features from the cache when `features`
+    holds it, one forward pass, S against the catalog). AppTest measures script execution, not painting."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not (checkpoint and manifest):
+        return {"error": "--gallery needs --checkpoint DIR and --manifest M (a manifest with val products)"}
+    root = Path(__file__).resolve().parents[1]
+    ck, mf = Path(checkpoint).resolve(), Path(manifest).resolve()
+    env = dict(os.environ, SCALE_CHECKPOINT=str(ck), SCALE_CATALOG=str(ck / "catalog.npz"), SCALE_MANIFEST=str(mf),
+               SCALE_ROOTS=os.pathsep.join(filter(None, [os.environ.get("SCALE_ROOTS"), str(ck.parent), str(mf.parent)])))
+    if features:
+        env["SCALE_FEATURES"] = str(Path(features).resolve())
+    run = subprocess.run([sys.executable, "-c", _GALLERY, str(root / "app.py")], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=1200)
+    if run.returncode:
+        return {"error": run.stderr[-2000:]}
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def cmd_swap(args: argparse.Namespace) -> dict:
@@ -506,7 +560,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--catalog-size", type=int, default=3000)
     p.add_argument("--catalog-check", default=None, metavar="NPZ",
                    help="time only the Catalog check page's first render on this catalog")
-    p.add_argument("--manifest", default=None, help="with --catalog-check: titles and thumbnails")
+    p.add_argument("--manifest", default=None, help="with --catalog-check: titles and thumbnails; with --gallery: "
+                   "the catalog's products")
+    p.add_argument("--gallery", action="store_true",
+                   help="time the home page, then a click on a gallery product until its scores are shown")
+    p.add_argument("--features", default=None, help="with --gallery: the feature cache (SCALE_FEATURES)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_app)
     p = sub.add_parser("ann", help="ANN index on a synthetic catalog: build, query latency, recall, RSS")

@@ -295,3 +295,12 @@ def test_contributions_headline_names_the_top_modality_and_one_default_metric(se
     at.run()
     bars = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Contributions" in json.loads(c.proto.spec)["layout"]["title"]["text"])
     assert len(bars["data"]) >= 2
+
+
+def test_bench_times_a_gallery_click_to_the_scores(setup):
+    from core.bench import gallery_click
+
+    r = gallery_click(str(setup.checkpoint), str(setup.manifest), None)
+    assert "error" not in r, r.get("error")
+    assert r["page_after_click"].startswith("Modality scores") and len(r["clicks_s"]) >= 1
+    assert 0 < r["gallery_click_to_S_s"] <= max(r["clicks_s"])

@@ -633,9 +633,11 @@ class _LazyFeatures(Mapping):
         return len(self._ids)
 
 
-@st.cache_data(show_spinner=False, max_entries=8, persist="disk")  # survives a server restart: it is slow
-def catalog_wide(_ex, _cat: Catalog, key: str, per_category: int, max_categories: int, _s: Settings,
-                 _progress=None) -> pd.DataFrame:
+# no progress bar inside: st.cache_data replays the elements a cached function touched, and a bar from an
+# earlier run no longer exists (CacheReplayClosureError on the next rerun)
+@st.cache_data(show_spinner="Computing catalog-wide contributions (once per catalog and choice)…", max_entries=8,
+               persist="disk")  # survives a server restart: it is slow
+def catalog_wide(_ex, _cat: Catalog, key: str, per_category: int, max_categories: int, _s: Settings) -> pd.DataFrame:
     """Mean Shapley (neighbour similarity) per modality per category; features from the cache when there
     is one, else decoded and encoded from the manifest. Either way only the sampled products are read."""
     from core.contributions import catalog_contributions
@@ -647,10 +649,8 @@ def catalog_wide(_ex, _cat: Catalog, key: str, per_category: int, max_categories
     else:
         by_id = {p.id: p for p in products_of(_s)[0] if p.id in cats}
         ids, fetch = list(by_id), lambda pid: _ex.features(_ex.decode(by_id[pid]))
-    say = _progress or (lambda frac, text: None)
     return catalog_contributions(_ex.model, _LazyFeatures(ids, fetch), {k: cats[k] for k in ids}, _cat,
-                                 per_category=per_category, max_categories=max_categories,
-                                 progress=lambda i, n: say(i / n, f"Shapley values: {i}/{n} products"))
+                                 per_category=per_category, max_categories=max_categories)
 
 
 # ---------------------------------------------------------------- catalog check (core.catalog_check)

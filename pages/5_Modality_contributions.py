@@ -92,10 +92,7 @@ st.caption(f"Costs one forward of every modality subset for {per * maxc} product
            "the answer is cached on disk, so it comes back at once for the same catalog and choices.")
 wide = None
 if st.toggle("Compute catalog-wide contributions", key="ct_wide"):
-    prog = st.progress(0.0, text="starting")
-    wide = ak.catalog_wide(ex, cat, ak.catalog_key(s, cat), per, maxc, s,
-                           lambda f, t: prog.progress(min(max(f, 0.0), 1.0), text=t))
-    prog.empty()
+    wide = ak.catalog_wide(ex, cat, ak.catalog_key(s, cat), per, maxc, s)
     if wide.empty:
         st.info("The catalog has no categories to group by.")
     else:

@@ -304,3 +304,19 @@ def test_bench_times_a_gallery_click_to_the_scores(setup):
     assert "error" not in r, r.get("error")
     assert r["page_after_click"].startswith("Modality scores") and len(r["clicks_s"]) >= 1
     assert 0 < r["gallery_click_to_S_s"] <= max(r["clicks_s"])
+
+
+def test_catalog_wide_contributions_survive_a_rerun(setup):
+    # the cached catalog-wide view must not replay an element of an earlier run (CacheReplayClosureError)
+    at = new_app()
+    open_first_gallery_product(at)
+    goto(at, "5_Modality_contributions")
+    at.slider(key="ct_per").set_value(1)
+    at.slider(key="ct_maxc").set_value(2)
+    at.toggle(key="ct_wide").set_value(True)
+    at.run()
+    no_exception(at)
+    at.run()  # served from the cache now
+    no_exception(at)
+    assert any(json.loads(c.proto.spec)["layout"]["title"]["text"] == "Mean Shapley (neighbour similarity)"
+               for c in at.get("plotly_chart"))

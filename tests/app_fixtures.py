@@ -6,7 +6,9 @@ a hard-coded result: the training log and metrics.json are what the tiny run pro
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,3 +110,18 @@ def goto(at, page: str):
 
 def no_exception(at) -> None:
     assert not at.exception, [e.value for e in at.exception]
+
+
+@contextlib.contextmanager
+def app_environment(setup: "TinySetup"):
+    """The app's env for a tiny setup (checkpoint, catalog, manifest, and the root they lie under: the app
+    reads nothing outside its roots), restored afterwards."""
+    env = {"SCALE_CHECKPOINT": str(setup.checkpoint), "SCALE_CATALOG": str(setup.catalog),
+           "SCALE_MANIFEST": str(setup.manifest), "SCALE_ROOTS": str(setup.checkpoint.parent)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield setup
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_fixtures import goto, new_app, no_exception, tiny_setup  # noqa: F401
+from app_fixtures import app_environment, goto, new_app, no_exception, tiny_setup  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["1_Upload_and_inspect", "2_Modality_scores", "3_Masked_prediction", "4_Embedding_map",
@@ -23,14 +23,8 @@ PAGES = ["1_Upload_and_inspect", "2_Modality_scores", "3_Masked_prediction", "4_
 
 @pytest.fixture(scope="module")
 def setup(featurizer):
-    s = tiny_setup(featurizer)
-    env = {"SCALE_CHECKPOINT": str(s.checkpoint), "SCALE_CATALOG": str(s.catalog), "SCALE_MANIFEST": str(s.manifest),
-           "SCALE_ROOTS": str(s.checkpoint.parent)}  # the app reads only under its roots (core.roots)
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield s
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with app_environment(tiny_setup(featurizer)) as s:  # the app reads only under its roots (core.roots)
+        yield s
 
 
 @pytest.fixture(scope="module")

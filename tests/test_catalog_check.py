@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_fixtures import app_environment
 from core.catalog import Catalog
 from core.catalog_check import (CSV_COLUMNS, PAIR_NAMES, catalog_scores, matrix_percentiles, pair_scores,
                                 rank_catalog, ranking_csv, s_centred, swap_benchmark, takeaway)
@@ -134,13 +135,8 @@ def test_percentile_matrix_and_takeaway_of_a_new_product():
 # ---------------------------------------------------------------- with the tiny real model and the app
 @pytest.fixture(scope="module")
 def app_env(setup):
-    env = {"SCALE_CHECKPOINT": str(setup.checkpoint), "SCALE_CATALOG": str(setup.catalog),
-           "SCALE_MANIFEST": str(setup.manifest), "SCALE_ROOTS": str(setup.checkpoint.parent)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield setup
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with app_environment(setup):
+        yield setup
 
 
 def test_numpy_scores_match_the_models_S(setup, model):

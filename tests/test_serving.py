@@ -15,6 +15,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from app_fixtures import app_environment
 from core import roots as rt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,13 +158,8 @@ def test_config_hides_error_details_and_caps_uploads():
 # ---------------------------------------------------------------- the app (AppTest)
 @pytest.fixture(scope="module")
 def app_env(setup):
-    env = {"SCALE_CHECKPOINT": str(setup.checkpoint), "SCALE_CATALOG": str(setup.catalog),
-           "SCALE_MANIFEST": str(setup.manifest), "SCALE_ROOTS": str(setup.checkpoint.parent)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield setup
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with app_environment(setup):
+        yield setup
 
 
 def _texts(at: AppTest) -> str:

@@ -188,7 +188,7 @@ def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict
 
         mlm_content = content_ids(load_tokenizer(cache.backbones.text).get_vocab())
         train_ids = [p.id for p in products if p.id in cache and in_split(p.id, p.split, "train")][:2000]
-        mlm_reference = [{"text.ids": cache[i]["text.ids"]} for i in train_ids if "text.ids" in cache[i]]
+        mlm_reference = [{"text.ids": f["text.ids"]} for f in map(cache.__getitem__, train_ids) if "text.ids" in f]
     for name, ck in models.items():
         from .checkpoint import load_checkpoint
 

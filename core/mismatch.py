@@ -43,30 +43,31 @@ def swap_plan(items: Sequence[Mapping], categories: Sequence[str], m: str, seed:
     return plan
 
 
-def text_agreement(model, items: Sequence[Mapping], m: str, batch_size: int = 64, missing: str | None = None) -> np.ndarray:
-    """S[text, m] of each item (NaN where either is absent)."""
+def text_agreement(model, items: Sequence[Mapping], batch_size: int = 64, missing: str | None = None) -> np.ndarray:
+    """(N, 5): the text row of S, S[text, m] for every modality m, of each item (NaN where either is absent)."""
     from .catalog import forward_items
 
     out = []
     for s in range(0, len(items), batch_size):
         S = forward_items(model, items[s: s + batch_size], missing).S
-        out.append(S[:, INDEX["text"], INDEX[m]].float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+        out.append(S[:, INDEX["text"]].float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(MODALITIES)), np.float32)
 
 
 def mismatch_auc(model, items: Sequence[Mapping], categories: Sequence[str], seed: int = 0,
                  modalities: Sequence[str] = SWAPPABLE, batch_size: int = 64, missing: str | None = None) -> dict:
     """Per modality: {"auc", "n", "real_mean", "swapped_mean"} of S[text, m] for real vs swapped copies."""
     res: dict = {}
-    real_cache: dict[str, np.ndarray] = {}
+    real_rows = None  # one forward over the real items serves every modality
     for m in modalities:
         plan = swap_plan(items, categories, m, seed)
         if len(plan) < 2:
             continue
-        if m not in real_cache:
-            real_cache[m] = text_agreement(model, items, m, batch_size, missing)
-        real = real_cache[m][[i for i, _ in plan]]
-        swapped = text_agreement(model, [swap_modality(items[i], items[j], m) for i, j in plan], m, batch_size, missing)
+        if real_rows is None:
+            real_rows = text_agreement(model, items, batch_size, missing)
+        real = real_rows[[i for i, _ in plan], INDEX[m]]
+        swapped = text_agreement(model, [swap_modality(items[i], items[j], m) for i, j in plan], batch_size,
+                                 missing)[:, INDEX[m]]
         y = np.concatenate([np.ones(len(real)), np.zeros(len(swapped))])
         res[m] = {"auc": round(float(roc_auc_score(y, np.concatenate([real, swapped]))), 4), "n": len(plan),
                   "real_mean": round(float(real.mean()), 4), "swapped_mean": round(float(swapped.mean()), 4)}

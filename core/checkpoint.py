@@ -71,7 +71,8 @@ def save_checkpoint(model: SCALE, directory: "str | Path", extra: dict | None = 
         tensors[name] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
     extra = dict(extra or {})
     meta = {"format": FORMAT, "model": model.cfg.to_dict(),
-            "backbones": {"text": model.cfg.text_backbone, **extra.pop("backbones", {})}, "extra": extra}
+            "backbones": {"text": model.cfg.text_backbone, "audio": model.cfg.audio_backbone,
+                          **extra.pop("backbones", {})}, "extra": extra}
     _atomic_write(directory / WEIGHTS, lambda p: save_file(tensors, p, metadata={"aliases": json.dumps(aliases)}))
     _atomic_write(directory / CONFIG, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
     return directory

@@ -13,6 +13,7 @@ from pathlib import Path
 from .backbones import DEFAULT_TEXT
 from .errors import ScaleError
 from .modalities import FEATURE_MODALITIES, MODALITIES, PRETEXT
+from .speech import AUDIO_BACKBONES, LOGMEL, WHISPER_DIM, WHISPER_TINY_EN
 
 MISSING_MODES = ("mask", "zero")
 HARMONIZE_MODES = ("loss", "logits", "none")
@@ -98,6 +99,7 @@ _CHECKS = {
     "pool": _table(MODALITIES, _choice("mean", "first"), required=False), "first_item": _choice("mean", "cls"),
     "image_global": _choice("masked", "given"), "center_harmony": _bool,
     "harmony_temperature": _float(0, lo_open=True), "center_momentum": _float(0, 1),
+    "audio_backbone": _choice(*AUDIO_BACKBONES),
 }
 
 
@@ -156,6 +158,9 @@ class ModelConfig:
     # During training fusion_center follows the batches (running mean, then this momentum), so S is
     # centred from the first epoch; the trainer still sets the exact mean after every epoch.
     center_momentum: float = 0.99
+    # Frozen model behind the audio items (core.speech): "logmel" patches (80 x 8 = 640-d) or
+    # "whisper-tiny.en" encoder items (384-d, 0.1 s each). The cache must be built with the same one.
+    audio_backbone: str = LOGMEL
 
     def __post_init__(self) -> None:
         """Check the type and range of every field (ConfigError naming the field and the fix), before any
@@ -167,6 +172,11 @@ class ModelConfig:
             if self.hidden % heads:
                 raise ConfigError(f"model config 'hidden' {self.hidden} must be divisible by {name!r} {heads}. "
                                   f"Fix: pick a number of heads that divides {self.hidden} (or change hidden).")
+        if self.audio_backbone == WHISPER_TINY_EN and self.feature_dims["audio"] != WHISPER_DIM:
+            dims = json.dumps(dict(self.feature_dims, audio=WHISPER_DIM))
+            raise ConfigError(f"model config audio_backbone {WHISPER_TINY_EN!r} gives {WHISPER_DIM}-d audio items, but "
+                              f"feature_dims.audio is {self.feature_dims['audio']}. Fix: --set 'feature_dims={dims}' "
+                              "(or use --config small-whisper).")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -201,6 +211,10 @@ PRESETS: dict[str, dict] = {
     # Loss weights of the shipped checkpoint: contrastive x10 lifted shop3k val category mAP@10 after one
     # epoch from 67.9 (x1) and 73.0 (x4) to 76.5; MAM x0.1 because raw log-mel targets give MSEs near 12.
     "small": {"loss_weights": {"mlm": 1.0, "mem": 1.0, "mrp": 1.0, "mfp": 1.0, "mam": 0.1, "contrastive": 10.0}},
+    # `small` reading Whisper tiny.en audio items (a cache built with --audio-backbone whisper-tiny.en).
+    "small-whisper": {"loss_weights": {"mlm": 1.0, "mem": 1.0, "mrp": 1.0, "mfp": 1.0, "mam": 0.1, "contrastive": 10.0},
+                      "audio_backbone": WHISPER_TINY_EN,
+                      "feature_dims": {"image": 1280, "video": 1280, "audio": WHISPER_DIM}},
     "base": {"hidden": 768, "heads": 12, "jct_heads": 8, "jct_layers": 6, "init_text_from_pretrained": False,
              "layers": {"text": 6, "table": 6, "image": 6, "video": 6, "audio": 6}},
 }

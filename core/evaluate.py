@@ -30,6 +30,7 @@ from .metrics import clustering, collapse_score, concat_pca, instance_recall, l2
 from .mismatch import mismatch_auc
 from .mlm_eval import content_ids, masked_word_accuracy
 from .modalities import INDEX, MODALITIES
+from .speech import check_cache_audio
 from .splits import SPLITS, in_split
 
 FROZEN_DIM = 256  # PCA width of the frozen baseline's concatenated backbone features
@@ -193,6 +194,7 @@ def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict
         from .checkpoint import load_checkpoint
 
         model = load_checkpoint(ck, device).eval()
+        check_cache_audio(cache.root, cache.backbones, model.cfg, f"the checkpoint {ck}")
         cat = model_embeddings(model, items)
         present = np.asarray(cat.present, dtype=bool)
         row = evaluate_embeddings(cat.fused, cat.pooled, present, labels, ids)

@@ -131,13 +131,17 @@ def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -
 
 
 def backbone_config(checkpoint_dir: str | Path) -> BackboneConfig:
-    """Backbones named in the checkpoint's config.json (key "backbones"), else the defaults."""
+    """Backbones named in the checkpoint's config.json (key "backbones"; the audio one also from the model's
+    audio_backbone), else the defaults: a checkpoint saved before audio backbones existed reads logmel."""
     try:
         d = json.loads((Path(checkpoint_dir) / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return BackboneConfig()
-    b = d.get("backbones") if isinstance(d, dict) else None
-    return BackboneConfig.from_dict(b) if isinstance(b, dict) else BackboneConfig()
+    b = dict(d.get("backbones") or {}) if isinstance(d, dict) and isinstance(d.get("backbones"), dict) else {}
+    model = d.get("model") if isinstance(d, dict) else None
+    if "audio" not in b and isinstance(model, dict) and "audio_backbone" in model:  # the audio the model reads
+        b["audio"] = model["audio_backbone"]
+    return BackboneConfig.from_dict(b)
 
 
 class Explorer:

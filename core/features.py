@@ -1,6 +1,7 @@
 """Feature cache: every product's backbone features on disk, for training and evaluation.
 
     python -m core.features build --manifest M --out DIR [--limit N] [--device auto|cpu|cuda] [--workers N]
+        [--audio-backbone logmel|whisper-tiny.en] [--reuse-from OTHER_CACHE]
     torchrun --nproc_per_node N [--nnodes M] -m core.features build ...   (the manifest split across ranks)
 
 Layout (never pickle): DIR/index.json and DIR/shards/shard-NNNNN.safetensors, whose tensors are
@@ -42,6 +43,7 @@ from .backbones import BackboneConfig, set_offline
 from .errors import CacheError, ScaleError
 from .modalities import pattern
 from .records import Product, scan_manifest
+from .speech import AUDIO_BACKBONES
 
 VERSION = 1
 
@@ -289,7 +291,8 @@ def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None,
         try:
             if index_path.is_file():
                 index = _read_json(index_path)
-                if index.get("backbones") != cfg.to_dict():
+                # compared as configs: a cache made before a field existed has that field's default
+                if BackboneConfig.from_dict(index.get("backbones", {})) != cfg:
                     raise CacheError(f"{index_path}: cache was built with other backbones {index.get('backbones')}. "
                                      "Fix: use another --out folder, or delete this one.")
             else:
@@ -415,6 +418,10 @@ def print_summary(s: dict) -> None:
         still = s.get("still_failing", [])
         print(f"{s['retried']} products that had failed were retried: {s['retried'] - len(still)} now build, "
               f"{len(still)} still fail" + (f" ({', '.join(still[:20])}{' ...' if len(still) > 20 else ''})" if still else ""))
+    if "reused" in s:  # a --reuse-from build (core.cache_reuse)
+        print(f"{s['reused']} products reused the image / video features of {s['reused_from']}, "
+              f"{s['featurized_whole']} were featurized whole; audio ({s['audio_backbone']}) of "
+              f"{s['audio_from']['file']} products from the audio file, {s['audio_from']['video']} from the video soundtrack")
     if s.get("rebuilt_missing_shards"):
         print(f"{s['rebuilt_missing_shards']} products whose shard file was deleted were extracted again")
     probs = s.get("manifest_problems", [])
@@ -438,12 +445,33 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--chunk", type=int, default=32, help="products per shard")
     b.add_argument("--workers", type=int, default=0, help="decode processes (0: decode in this process)")
     b.add_argument("--json", default=None, help="also write the summary here")
+    b.add_argument("--audio-backbone", default="logmel", choices=list(AUDIO_BACKBONES),
+                   help="frozen model behind the audio items (core.speech)")
+    b.add_argument("--reuse-from", default=None, metavar="CACHE",
+                   help="copy the image and video features of this cache (products whose files are unchanged since) "
+                        "and compute text, table and audio again: a new audio backbone without the CNN's work")
     args = ap.parse_args(argv)
     if args.workers < 0:
         print(f"error: --workers {args.workers}: must be 0 or more.", file=sys.stderr)
         return 2
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = args.device
+    cfg = BackboneConfig(audio=args.audio_backbone)
+    if args.reuse_from:
+        if world > 1:
+            print("error: --reuse-from runs in one process. Fix: run it without torchrun.", file=sys.stderr)
+            return 2
+        from .cache_reuse import build_reusing
+
+        try:
+            s = build_reusing(args.manifest, args.out, args.reuse_from, cfg, args.limit, device, args.chunk)
+        except ScaleError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print_summary(s)
+        if args.json:
+            Path(args.json).write_text(json.dumps(s, indent=1))
+        return 0
     try:
         if world > 1:
             import torch
@@ -457,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             # gloo carries only barriers; a rank may wait for the slowest one's whole share
             dist.init_process_group("gloo", timeout=timedelta(hours=12))
         try:
-            s = build_cache(args.manifest, args.out, args.limit, device, args.chunk, workers=args.workers,
+            s = build_cache(args.manifest, args.out, args.limit, device, args.chunk, cfg=cfg, workers=args.workers,
                             rank=rank, world=world, progress=rank == 0)
         finally:
             if world > 1:

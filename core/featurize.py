@@ -13,13 +13,14 @@ from typing import Sequence
 
 import numpy as np
 
-from .backbones import (MAX_TEXT_CHARS, AudioFrontend, BackboneConfig, ImageBackbone, clean_text, load_tokenizer,
+from .backbones import (MAX_TEXT_CHARS, BackboneConfig, ImageBackbone, clean_text, load_tokenizer,
                         tokenize_table, tokenize_text)
 from .errors import MediaError
 from .media import (FRAME_LONG_SIDE, FRAME_SHORT_SIDE, IMAGE_LONG_SIDE, IMAGE_SHORT_SIDE, VideoClip, has_soundtrack,
                     load_audio, load_image, load_soundtrack, load_video, parse_table)
 from .modalities import MODALITIES
 from .records import Product
+from .speech import audio_frontend
 
 
 @dataclass
@@ -49,11 +50,14 @@ class Featurizer:
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg.text)
         self.image = ImageBackbone(cfg.image, cfg.image_size, device)
-        self.audio = AudioFrontend(cfg)
+        self.audio = audio_frontend(cfg, str(self.image.device_))  # logmel patches or Whisper items
         self.audio_from_video = audio_from_video
 
     # ---------------------------------------------------------------- decode
-    def decode(self, product: Product, max_images: int = 8) -> Decoded:
+    def decode(self, product: Product, max_images: int = 8, visual: bool = True,
+               video_ok: bool = False) -> Decoded:
+        """visual=False skips images and video (a cache reusing their features): the soundtrack fallback then
+        trusts `video_ok`, whether the video decoded when those features were made."""
         d = Decoded(product=product, text=self._text(product))
         if d.text and len(product.text) > MAX_TEXT_CHARS:
             d.notes["text"] = (f"{product.id}: title + description are {len(product.text):,} characters; only the first "
@@ -65,12 +69,12 @@ class Featurizer:
                 d.errors["table"] = str(e)
         # the backbone center-crops image_size px from the short side; more is kept only for display
         image_side = max(IMAGE_SHORT_SIDE, self.cfg.image_size)
-        for path in product.images[:max_images]:
+        for path in product.images[:max_images] if visual else ():
             try:
                 d.images.append(load_image(path, image_side, max(IMAGE_LONG_SIDE, image_side)))
             except MediaError as e:
                 d.errors.setdefault("image", str(e))
-        if product.video:
+        if product.video and visual:
             try:
                 frame_side = max(FRAME_SHORT_SIDE, self.cfg.image_size)
                 d.video = load_video(product.video, short_side=frame_side, long_side=max(FRAME_LONG_SIDE, frame_side))
@@ -81,7 +85,8 @@ class Featurizer:
                 d.audio, d.audio_source = load_audio(product.audio), "file"
             except MediaError as e:
                 d.errors["audio"] = str(e)
-        if d.audio is None and self.audio_from_video and d.video is not None and has_soundtrack(product.video):
+        video_ok = d.video is not None if visual else video_ok
+        if d.audio is None and self.audio_from_video and video_ok and has_soundtrack(product.video):
             try:
                 d.audio, d.audio_source = load_soundtrack(product.video), "video"
             except MediaError as e:

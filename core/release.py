@@ -35,7 +35,7 @@ def release(run: str | Path, manifest: str | Path, out: str | Path, cache_dir: s
         raise ScaleError(f"{final}: the run has no final model. Fix: let `python -m core.train` finish (or --resume it).")
     model = load_checkpoint(final, "cpu")
     all_products = read_manifest(manifest)
-    cache = ensure_cache(manifest, cache_dir, "cpu", products=all_products)
+    cache = ensure_cache(manifest, cache_dir, "cpu", products=all_products, model_cfg=model.cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, out, extra={"backbones": cache.backbones.to_dict(), "run": str(run)}, dtype=torch.float16)
     products = [p for p in all_products if p.id in cache and in_split(p.id, p.split, split)]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .backbones import resolve_device, set_offline
+from .backbones import BackboneConfig, resolve_device, set_offline
 from .catalog import fusion_center
 from .checkpoint import load_checkpoint, save_checkpoint, set_file_mode
 from .config import get_config
@@ -44,6 +44,7 @@ from .features import FeatureCache, build_cache
 from .modalities import MODALITIES
 from .model import SCALE
 from .records import read_manifest, scan_manifest
+from .speech import check_cache_audio
 from .splits import in_split
 
 
@@ -107,9 +108,12 @@ def default_cache_dir(manifest: str | Path) -> Path:
 
 
 def ensure_cache(manifest: str | Path, cache_dir: str | Path | None, device: str = "auto",
-                 rank: int = 0, products: list | None = None) -> FeatureCache:
-    """Open the feature cache of a manifest, building what is missing (rank 0 builds, others wait)."""
+                 rank: int = 0, products: list | None = None, model_cfg=None) -> FeatureCache:
+    """Open the feature cache of a manifest, building what is missing (rank 0 builds, others wait).
+    With `model_cfg` a cache of another audio backbone is refused first, and missing products are built
+    with the model's audio backbone."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(manifest)
+    backbones = BackboneConfig(audio=model_cfg.audio_backbone) if model_cfg is not None else BackboneConfig()
     if rank == 0:
         products = products if products is not None else read_manifest(manifest)
         index = cache_dir / "index.json"
@@ -117,9 +121,11 @@ def ensure_cache(manifest: str | Path, cache_dir: str | Path | None, device: str
         if index.is_file():
             idx = json.loads(index.read_text())
             known = set(idx["products"]) | set(idx["failures"])
+            if model_cfg is not None:
+                check_cache_audio(cache_dir, BackboneConfig.from_dict(idx.get("backbones", {})), model_cfg)
         if any(p.id not in known for p in products):
             print(f"building features for {sum(p.id not in known for p in products)} products into {cache_dir}", file=sys.stderr)
-            build_cache(manifest, cache_dir, device=device, products=products)
+            build_cache(manifest, cache_dir, device=device, products=products, cfg=backbones)
     if dist.is_initialized():
         dist.barrier()
     return FeatureCache(cache_dir)
@@ -425,7 +431,8 @@ def train(a: TrainArgs) -> Path:
         print(f"{len(report.problems)} manifest lines skipped:", file=sys.stderr)
         for pr in report.problems[:20]:
             print(f"  {pr.message}", file=sys.stderr)
-    cache = ensure_cache(a.manifest, a.cache, "cpu" if world > 1 and device.type == "cpu" else a.device, rank, products)
+    cache = ensure_cache(a.manifest, a.cache, "cpu" if world > 1 and device.type == "cpu" else a.device, rank, products,
+                         model_cfg=cfg)
     keep = tuple(m.strip() for m in a.modalities.split(",") if m.strip())
     unknown = set(keep) - set(MODALITIES)
     if unknown:
@@ -454,6 +461,7 @@ def train(a: TrainArgs) -> Path:
     model = load_checkpoint(ckpt, device) if ckpt else SCALE(cfg).to(device)
     if ckpt:
         cfg = model.cfg
+        check_cache_audio(cache.root, cache.backbones, cfg, f"the checkpoint {ckpt}")
     model.train()
     if is_main and lr != a.lr:
         print(f"--lr-scale {a.lr_scale}: lr {a.lr:g} -> {lr:g} for a global batch of {a.batch_size * world}", file=sys.stderr)

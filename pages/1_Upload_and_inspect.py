@@ -174,8 +174,12 @@ with cols[1]:
         st.caption(f"{len(d.audio) / 16000:.1f} s, from the {'video soundtrack' if d.audio_source == 'video' else 'audio file'}")
         st.plotly_chart(ak.waveform_figure(d.audio), key="wave")
         mel = ex.featurizer.audio.log_mel(d.audio)
-        st.plotly_chart(ak.spectrogram_figure(mel, ex.featurizer.cfg.mel_frames_per_patch), key="mel")
-        st.caption(f"{len(feats['audio.patches'])} time patches of {ex.featurizer.cfg.mel_frames_per_patch} frames × 80 mel bins")
+        st.plotly_chart(ak.spectrogram_figure(mel, ex.featurizer.audio.frames_per_item), key="mel")
+        if ex.featurizer.cfg.audio == "logmel":
+            st.caption(f"{len(feats['audio.patches'])} time patches of {ex.featurizer.cfg.mel_frames_per_patch} frames × 80 mel bins")
+        else:
+            st.caption(f"{len(feats['audio.patches'])} items of 0.1 s from the {ex.featurizer.cfg.audio} encoder "
+                       f"({feats['audio.patches'].shape[1]}-d); its input log-mel is shown")
         summary["audio_seconds"] = len(d.audio) / 16000
     else:
         st.caption("absent")

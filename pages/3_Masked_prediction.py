@@ -157,7 +157,7 @@ with cols[1]:
 st.subheader("Audio patches")
 if "audio" in res.item_error and d.audio is not None and res.item_masked["audio"].any():
     mel = ex.featurizer.audio.log_mel(d.audio)
-    st.plotly_chart(ak.spectrogram_figure(mel, ex.featurizer.cfg.mel_frames_per_patch, res.item_error["audio"],
+    st.plotly_chart(ak.spectrogram_figure(mel, ex.featurizer.audio.frames_per_item, res.item_error["audio"],
                                           res.item_masked["audio"], "Masked time patches (red band, darker = larger MSE)",
                                           emax=scale_of("audio", res.item_error["audio"], res.item_masked["audio"])),
                     key="mp_mel")

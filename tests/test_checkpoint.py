@@ -28,7 +28,8 @@ def test_round_trip_identical_outputs(tmp_path, share):
     for a, b in zip(outputs(model, batch), outputs(loaded, batch)):
         assert torch.equal(a, b)
     meta = read_checkpoint_config(tmp_path / "ck")
-    assert meta["extra"]["epoch"] == 2 and meta["backbones"] == {"text": cfg.text_backbone, "image": "efficientnet-lite0"}
+    assert meta["extra"]["epoch"] == 2 and meta["backbones"] == {"text": cfg.text_backbone, "audio": "logmel",
+                                                              "image": "efficientnet-lite0"}
     assert loaded.checkpoint_info["model"]["share_text_table"] is share
     if share:
         assert loaded.encoders["table"].blocks is loaded.encoders["text"].blocks

@@ -354,8 +354,9 @@ def validate(model, dataset: FeatureDataset, collate_missing: str, device, batch
     from .metrics import collapse_score, l2n, retrieval_scores
 
     model.eval()
-    col = Collator(missing=collate_missing, mask_prob=0.15, seed=seed)
-    emb_col = Collator(missing=collate_missing, mask_prob=0.0)
+    widths = {"vocab_size": model.cfg.vocab_size, "dims": dict(model.cfg.feature_dims)}
+    col = Collator(missing=collate_missing, mask_prob=0.15, seed=seed, **widths)
+    emb_col = Collator(missing=collate_missing, mask_prob=0.0, **widths)
     totals: dict[str, float] = {}
     n = 0
     fused, pooled, present = [], {m: [] for m in MODALITIES}, []
@@ -528,7 +529,8 @@ def train(a: TrainArgs) -> Path:
     from tqdm import tqdm
     bar = tqdm(total=total, initial=step, unit="step", disable=not is_main, dynamic_ncols=True, desc="train")
     products_seen = 0
-    steps = StepBatches(train_set, lengths, a.batch_size, a.seed, rank, world, cfg.missing, a.mask_prob)
+    steps = StepBatches(train_set, lengths, a.batch_size, a.seed, rank, world, cfg.missing, a.mask_prob,
+                        vocab_size=cfg.vocab_size, dims=dict(cfg.feature_dims))
     # every remaining step's batch, in order: one iterator for the run, so workers run ahead across epochs
     batch_iter = step_loader(steps, steps.keys(epoch, in_epoch, step, total, a.epochs),
                              loader_workers(a.workers, device), pin=device.type == "cuda")

@@ -2,10 +2,10 @@
 
     python -m core.bench model [--device cpu|cuda|auto] [--batch 32] [--configs small,base] [--iters 5] [--threads N]
     python -m core.bench train [--cache DIR]          training products/s of `small`
-    python -m core.bench train --cache DIR --manifest M [--workers N] [--batch B] [--iters 20]   the same, through core.train
+    python -m core.bench train --cache DIR --manifest M [--workers N] [--batch B] [--iters 20]   the same, through core.train.trainer
     python -m core.bench features --manifest M [--limit 200] [--workers 0,1]   feature build products/s per decode-worker count
     python -m core.bench embed --cache DIR --manifest M   catalog embedding products/s (cached, raw files)
-    python -m core.bench app                          app timings (core.explorer.bench_app)
+    python -m core.bench app                          app timings (core.explore.explorer.bench_app)
     python -m core.bench app --gallery --checkpoint DIR --manifest M [--features CACHE]   home page, then a
         gallery click to the product's scores
     python -m core.bench app --catalog-check NPZ --checkpoint DIR [--manifest M]   only the Catalog check page's
@@ -30,7 +30,7 @@ import torch
 
 def shop_batch(batch: int, cfg, seed: int = 0) -> dict:
     """A random batch shaped like shop3k products, built by the real collate (15% masking)."""
-    from .dataset import Collator
+    from .data.dataset import Collator
 
     rng = np.random.default_rng(seed)
     dims = cfg.feature_dims
@@ -85,9 +85,9 @@ def count_flops(fn) -> int:
 
 
 def bench_model(name: str, device: torch.device, batch: int, iters: int) -> dict:
-    from .config import get_config
-    from .dataset import batch_to
-    from .model import SCALE
+    from .model.config import get_config
+    from .data.dataset import batch_to
+    from .model.scale import SCALE
 
     cfg = get_config(name)
     model = SCALE(cfg).to(device).train()
@@ -128,7 +128,7 @@ def bench_model(name: str, device: torch.device, batch: int, iters: int) -> dict
 
 
 def cmd_model(args: argparse.Namespace) -> dict:
-    from .backbones import resolve_device, set_offline
+    from .data.backbones import resolve_device, set_offline
 
     set_offline()
     device = resolve_device(args.device)
@@ -142,13 +142,13 @@ def cmd_model(args: argparse.Namespace) -> dict:
 
 
 def bench_trainer(args: argparse.Namespace) -> dict:
-    """core.train itself (its data path, length-grouped batches, optimizer, metrics) for --iters steps of
+    """core.train.trainer itself (its data path, length-grouped batches, optimizer, metrics) for --iters steps of
     `small` into a temporary run folder: products/s between the end of step 1 (warm-up) and the last."""
     import shutil
     import tempfile
     from pathlib import Path
 
-    from .train import TrainArgs, train
+    from .train.trainer import TrainArgs, train
 
     run = Path(tempfile.mkdtemp(prefix="scale-bench-train-"))
     try:
@@ -165,7 +165,7 @@ def bench_trainer(args: argparse.Namespace) -> dict:
     products = sum(r["products"] for r in recs[1:])
     dt, cpu = recs[-1]["t"] - recs[0]["t"], recs[-1]["cpu_t"] - recs[0]["cpu_t"]
     return {"device": args.device, "threads": torch.get_num_threads(), "batch": args.batch, "data": args.cache,
-            "path": "core.train", "workers": args.workers, "steps_timed": len(recs) - 1,
+            "path": "core.train.trainer", "workers": args.workers, "steps_timed": len(recs) - 1,
             "step_s_mean": round(dt / max(1, len(recs) - 1), 3), "products_per_s": round(products / dt, 2),
             "cpu_s_per_product": round(cpu / products, 4), "products_per_cpu_s": round(products / cpu, 2),
             "wall_s_with_setup_and_final_save": round(wall, 1)}
@@ -173,15 +173,15 @@ def bench_trainer(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> dict:
     """Training throughput (products/s) of `small`: real optimizer steps on shop3k-shaped batches,
-    or on the feature cache's products when --cache is given (through core.train with --manifest)."""
+    or on the feature cache's products when --cache is given (through core.train.trainer with --manifest)."""
     if args.manifest:
         if not args.cache:
             raise SystemExit("error: train --manifest needs --cache (the feature cache of that manifest).")
         return bench_trainer(args)
-    from .backbones import resolve_device, set_offline
-    from .config import get_config
-    from .dataset import Collator, FeatureDataset, batch_to
-    from .model import SCALE
+    from .data.backbones import resolve_device, set_offline
+    from .model.config import get_config
+    from .data.dataset import Collator, FeatureDataset, batch_to
+    from .model.scale import SCALE
 
     set_offline()
     device = resolve_device(args.device)
@@ -190,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     model = SCALE(cfg).to(device).train()
     opt = model.configure_optimizers(3e-4, 0.01)
     if args.cache:
-        from .features import FeatureCache
+        from .data.features import FeatureCache
 
         cache = FeatureCache(args.cache)
         ds = FeatureDataset(cache, cache.keys()[: args.batch * (args.iters + 1)])
@@ -225,8 +225,8 @@ def cmd_features(args: argparse.Namespace) -> dict:
     import tempfile
     from pathlib import Path
 
-    from .backbones import set_offline
-    from .features import build_cache
+    from .data.backbones import set_offline
+    from .data.features import build_cache
 
     set_offline()
     out: dict = {"device": args.device, "threads": torch.get_num_threads(), "limit": args.limit, "runs": []}
@@ -246,12 +246,12 @@ def cmd_features(args: argparse.Namespace) -> dict:
 def cmd_embed(args: argparse.Namespace) -> dict:
     """Embedding speed: from cached features (products/s), and end to end from raw files
     (decode + backbones + model) on the manifest's first products."""
-    from .backbones import set_offline
-    from .catalog import embed_products
-    from .checkpoint import load_checkpoint
-    from .featurize import Featurizer
-    from .features import FeatureCache
-    from .records import read_manifest
+    from .data.backbones import set_offline
+    from .model.catalog import embed_products
+    from .model.checkpoint import load_checkpoint
+    from .data.featurize import Featurizer
+    from .data.features import FeatureCache
+    from .data.records import read_manifest
 
     set_offline()
     model = load_checkpoint(args.checkpoint, args.device)
@@ -276,7 +276,7 @@ def cmd_embed(args: argparse.Namespace) -> dict:
 
 
 def cmd_app(args: argparse.Namespace) -> dict:
-    from .explorer import bench_app
+    from .explore.explorer import bench_app
 
     if args.catalog_check:
         return catalog_check_render(args.catalog_check, args.checkpoint, args.manifest)
@@ -288,7 +288,7 @@ def cmd_app(args: argparse.Namespace) -> dict:
 _RENDER = """
 import json, sys, time
 t = time.perf_counter()
-import appkit, core.catalog_check, core.explorer  # what any first page of a new server imports (torch included)
+import appkit, core.explore.catalog_check, core.explore.explorer  # what any first page of a new server imports (torch included)
 from streamlit.testing.v1 import AppTest
 imports = time.perf_counter() - t
 t = time.perf_counter()
@@ -383,13 +383,13 @@ def gallery_click(checkpoint: str | None, manifest: str | None, features: str | 
 
 
 def cmd_swap(args: argparse.Namespace) -> dict:
-    """core.catalog_check.swap_benchmark on the split's products read from the feature cache."""
-    from .backbones import set_offline
-    from .catalog_check import swap_benchmark
-    from .checkpoint import load_checkpoint
+    """core.explore.catalog_check.swap_benchmark on the split's products read from the feature cache."""
+    from .data.backbones import set_offline
+    from .explore.catalog_check import swap_benchmark
+    from .model.checkpoint import load_checkpoint
     from .errors import ScaleError
-    from .features import FeatureCache
-    from .records import read_manifest
+    from .data.features import FeatureCache
+    from .data.records import read_manifest
 
     set_offline()
     if args.threads:
@@ -400,7 +400,7 @@ def cmd_swap(args: argparse.Namespace) -> dict:
                 if (args.split == "all" or p.split == args.split) and p.id in cache]
     if len(products) < 20:
         raise ScaleError(f"{args.manifest}: only {len(products)} products of split {args.split!r} are in the cache "
-                         f"{args.cache}. Fix: pass the cache built from this manifest (python -m core.features build) "
+                         f"{args.cache}. Fix: pass the cache built from this manifest (python -m core.data.features build) "
                          "or another --split.")
     items = [dict(cache[p.id], id=p.id) for p in products]
     t = time.perf_counter()
@@ -415,7 +415,7 @@ def synthetic_catalog(n: int, dim: int, clusters: int, seed: int, start: int = 0
     """Rows start..start+n of a seeded catalog: a Gaussian mixture of `clusters` unit centres, uneven
     cluster sizes and spreads, rows L2-normalized float32. Rows are drawn in 65,536-row blocks with their
     own seeds, so any slice is the same whatever the chunking."""
-    from .metrics import l2n
+    from .eval.metrics import l2n
 
     rng = np.random.default_rng(seed)
     centres = l2n(rng.standard_normal((clusters, dim))).astype(np.float32)
@@ -443,7 +443,7 @@ def _rss_mb() -> tuple[float, float]:
 
 
 def cmd_ann(args: argparse.Namespace) -> dict:
-    """A synthetic catalog written chunk by chunk to a memory-mapped store, indexed by core.ann (build
+    """A synthetic catalog written chunk by chunk to a memory-mapped store, indexed by core.explore.ann (build
     time, tuned nprobe / efSearch), then timed one query at a time against exact search (recall@k)."""
     import shutil
     import tempfile
@@ -451,8 +451,8 @@ def cmd_ann(args: argparse.Namespace) -> dict:
 
     import faiss
 
-    from .ann import AnnIndex, exact_search, recall_at_k
-    from .catalog_store import EmbeddingStore, StoreWriter
+    from .explore.ann import AnnIndex, exact_search, recall_at_k
+    from .explore.catalog_store import EmbeddingStore, StoreWriter
 
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
@@ -537,8 +537,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--cache", default=None, help="feature cache folder (default: random shop3k-shaped batches)")
-    p.add_argument("--manifest", default=None, help="with --cache: time core.train itself on its train split")
-    p.add_argument("--workers", type=int, default=-1, help="core.train's DataLoader workers (-1: its default)")
+    p.add_argument("--manifest", default=None, help="with --cache: time core.train.trainer itself on its train split")
+    p.add_argument("--workers", type=int, default=-1, help="core.train.trainer's DataLoader workers (-1: its default)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("features", help="feature cache build products/s, per decode-worker count")
     p.add_argument("--manifest", required=True)
@@ -587,7 +587,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("swap", help="Catalog check: swapped modalities found in the ranking's top 5%%")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--manifest", required=True)
-    p.add_argument("--cache", required=True, help="feature cache of the manifest (python -m core.features build)")
+    p.add_argument("--cache", required=True, help="feature cache of the manifest (python -m core.data.features build)")
     p.add_argument("--split", default="val", help="val | train | all")
     p.add_argument("--fraction", type=float, default=0.05, help="share of products swapped, and the top cut")
     p.add_argument("--seeds", type=int, default=3)

@@ -12,10 +12,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import appkit as ak
-from core.contributions import present_of
-from core.explorer import LOW_COSINE
+from core.explore.contributions import present_of
+from core.explore.explorer import LOW_COSINE
 from core.modalities import MODALITIES
-from core.projection import nearest
+from core.explore.projection import nearest
 
 s = ak.page("Retrieval",
             "The query is the current product restricted to the modalities you tick (the model runs on only those; "

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from core.dataset import Collator, FeatureDataset
-from core.features import FeatureCache, build_cache
-from core.records import Product, read_manifest
+from core.data.dataset import Collator, FeatureDataset
+from core.data.features import FeatureCache, build_cache
+from core.data.records import Product, read_manifest
 
 
 def test_featurize_all_modalities(synth_catalog, featurizer):

@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from core.harmonize import harmonized, harmony, score_matrix
-from core.model import SCALE
+from core.model.score_matrix import harmonized, harmony, score_matrix
+from core.model.scale import SCALE
 from scale_testkit import one_thread, collate, products, tiny  # noqa: F401  (one_thread: autouse)
 
 
@@ -83,7 +83,7 @@ def test_detach_harmony_gradient():
 def test_loss_mode_weights_are_positive_mean_one_and_uniform_for_constant_scores():
     import torch
 
-    from core.harmonize import positive_weights
+    from core.model.score_matrix import positive_weights
 
     present = torch.tensor([[True, True, True, False, True]])
     upper = torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)

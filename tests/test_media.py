@@ -7,7 +7,7 @@ from PIL import Image
 
 from core import media
 from core.errors import MediaError
-from core.synth import draw_shape, spin_frames, tone, write_audio, write_video
+from core.data.synth import draw_shape, spin_frames, tone, write_audio, write_video
 
 
 def test_image_formats_and_modes(tmp_path):

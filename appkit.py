@@ -32,7 +32,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import roots as rt
+from core.explore import roots as rt
 from core.model.catalog import Catalog
 from core.errors import ScaleError
 from core.explore.explorer import UploadSpace, find_train_log, read_train_log

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import featurize
+from core.data import featurize
 from core.model.checkpoint import load_checkpoint, save_checkpoint
 from core.errors import CacheError, CheckpointError, ScaleError
 from core.data.features import FeatureCache, build_cache
@@ -162,7 +162,7 @@ def train_setup(tmp_path_factory, featurizer):
 
 
 def run_train(train_setup, out: Path, **kw):
-    from core import train as T
+    from core.train import trainer as T
 
     manifest, cfg, cache = train_setup
     args = dict(manifest=str(manifest), out=str(out), config=str(cfg), cache=str(cache), batch_size=2,

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core import media
+from core.data import media
 from core.data.backbones import load_tokenizer, tokenize_table, tokenize_text
 from core.errors import ScaleError
 from core.data.synth import draw_shape, spin_frames, tone, write_audio, write_video

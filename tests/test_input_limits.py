@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import media
+from core.data import media
 from core.data.backbones import MAX_TEXT_CHARS, clean_text, load_tokenizer, tokenize_table, tokenize_text
 from core.errors import MediaError
 from core.data.records import Product

@@ -91,7 +91,7 @@ def test_duplicates_and_empty_products_are_listed(tmp_path):
 
 
 def test_build_skips_the_bad_line_and_lists_it(tmp_path, capsys, monkeypatch, featurizer):
-    from core import featurize
+    from core.data import featurize
     from core.data.features import FeatureCache, main
 
     monkeypatch.setattr(featurize, "Featurizer", lambda *a, **k: featurizer)  # the session's backbones

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import media
+from core.data import media
 from core.errors import MediaError
 from core.data.synth import draw_shape, spin_frames, tone, write_audio, write_video
 

@@ -209,7 +209,7 @@ def test_lr_scaling():
 
 def test_lr_scale_and_workers_reach_the_optimizer(tmp_path, synth_catalog, reference):
     """A 2-step run with batch 2, linear scaling and 2 loader workers: the optimizer got lr x 2/32."""
-    from core import train as T
+    from core.train import trainer as T
 
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({"hidden": 32, "heads": 2, "jct_layers": 1, "init_text_from_pretrained": False,

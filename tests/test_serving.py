@@ -16,7 +16,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from app_fixtures import app_environment
-from core import roots as rt
+from core.explore import roots as rt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests import appkit the way the pages do

@@ -121,7 +121,7 @@ def test_sigterm_saves_before_exit(tiny_setup, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good(tiny_setup, tmp_path, monkeypatch):
-    from core import train as T
+    from core.train import trainer as T
     from core.model.scale import SCALE
 
     real = SCALE.forward

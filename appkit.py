@@ -35,7 +35,8 @@ import streamlit as st
 from core.explore import roots as rt
 from core.model.catalog import Catalog
 from core.errors import ScaleError
-from core.explore.explorer import UploadSpace, find_train_log, read_train_log
+from core.explore.explorer import UploadSpace
+from core.explore.training_log import find_train_log, read_train_log
 from core.modalities import MODALITIES
 
 ROOT = Path(__file__).resolve().parent
@@ -368,7 +369,7 @@ def session_record(s: Settings, examples: Path, generated: bool, prods: dict[str
 
 
 def train_log(s: Settings):
-    """The chosen checkpoint's training log (core.explore.explorer.read_train_log), only when it lies under a root
+    """The chosen checkpoint's training log (core.explore.training_log.read_train_log), only when it lies under a root
     (the reader also looks one and two folders up, for a run's checkpoint)."""
     path = find_train_log(s.ckpt_dir)
     if path is None or not rt.is_allowed(path, server_roots()):
@@ -600,11 +601,12 @@ def matrix_json(M: np.ndarray) -> list:
 # ---------------------------------------------------------------- catalog-wide contributions
 def feature_source(s: Settings, cat: Catalog):
     """A FeatureCache holding the catalog's products (env SCALE_FEATURES, else cache/<manifest folder>), or None."""
+    from core.data.cache import default_cache_dir
     from core.data.features import FeatureCache
 
     cands = [os.environ.get("SCALE_FEATURES", "")]
     if s.manifest_path:
-        cands.append(str(ROOT / "cache" / s.manifest_path.parent.name))
+        cands.append(str(default_cache_dir(s.manifest_path)))
     for c in cands:
         if c and (Path(c) / "index.json").is_file():
             try:

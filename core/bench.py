@@ -5,7 +5,7 @@
     python -m core.bench train --cache DIR --manifest M [--workers N] [--batch B] [--iters 20]   the same, through core.train.trainer
     python -m core.bench features --manifest M [--limit 200] [--workers 0,1]   feature build products/s per decode-worker count
     python -m core.bench embed --cache DIR --manifest M   catalog embedding products/s (cached, raw files)
-    python -m core.bench app                          app timings (core.explore.explorer.bench_app)
+    python -m core.bench app                          app timings (core.explore.app_bench.bench_app)
     python -m core.bench app --gallery --checkpoint DIR --manifest M [--features CACHE]   home page, then a
         gallery click to the product's scores
     python -m core.bench app --catalog-check NPZ --checkpoint DIR [--manifest M]   only the Catalog check page's
@@ -276,7 +276,7 @@ def cmd_embed(args: argparse.Namespace) -> dict:
 
 
 def cmd_app(args: argparse.Namespace) -> dict:
-    from .explore.explorer import bench_app
+    from .explore.app_bench import bench_app
 
     if args.catalog_check:
         return catalog_check_render(args.catalog_check, args.checkpoint, args.manifest)

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import appkit as ak
-from core.explore.explorer import default_smoothing, loss_curve
+from core.explore.training_log import default_smoothing, loss_curve
 from core.modalities import MODALITIES
 
 s = ak.page("Training",

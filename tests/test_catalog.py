@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.model.catalog import Catalog, embed_products, forward_items
+from core.model.catalog import Catalog, embed_products
+
+from core.model.inference import forward_items
 from core.errors import ScaleError
 from core.eval.metrics import l2n
 from core.modalities import MODALITIES

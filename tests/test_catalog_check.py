@@ -139,7 +139,7 @@ def app_env(setup):
 
 
 def test_numpy_scores_match_the_models_S(setup, model):
-    from core.model.catalog import forward_items
+    from core.model.inference import forward_items
 
     cat = Catalog.load(setup.catalog)
     S = pair_scores(cat, s_centred(model.cfg))

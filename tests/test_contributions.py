@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from core.model.catalog import Catalog, forward_items
+from core.model.catalog import Catalog
+
+from core.model.inference import forward_items
 from core.explore.contributions import (average_precision, catalog_contributions, leave_one_out, modality_contributions,
                                 shapley_values, subset_features)
 from core.eval.metrics import l2n, retrieval_scores

@@ -208,7 +208,7 @@ def test_retrieval_shows_the_query_and_warns_on_weak_matches(setup, monkeypatch)
 
 # ---------------------------------------------------------------- 8. training page
 def test_loss_curve_leaves_absent_batches_out():
-    from core.explore.explorer import loss_curve
+    from core.explore.training_log import loss_curve
 
     y = loss_curve(np.array([2.0, 0.0, 4.0, 0.0]), 1)
     assert np.isnan(y[1]) and np.isnan(y[3]) and y[0] == 2.0 and y[2] == 4.0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.model.catalog import forward_items
+from core.model.inference import forward_items
 from core.model.config import ModelConfig
 from core.model.score_matrix import score_matrix
 from core.eval.metrics import collapse_score

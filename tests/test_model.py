@@ -172,7 +172,7 @@ def test_minilm_init_reproduces_bert_layers():
 
 
 def test_fused_embedding_subtracts_the_fusion_center():
-    from core.model.catalog import fusion_center
+    from core.model.inference import fusion_center
 
     torch.manual_seed(0)
     cfg = tiny()

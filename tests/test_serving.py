@@ -132,7 +132,7 @@ def test_upload_space_and_explorer_folders_are_removed_with_their_owner(featuriz
 
 # ---------------------------------------------------------------- the training-log reader
 def test_training_log_reader_keeps_only_the_trainers_numbers(tmp_path):
-    from core.explore.explorer import read_train_log
+    from core.explore.training_log import read_train_log
 
     (tmp_path / "train_metrics.jsonl").write_text("\n".join([
         '{"note": "db_password hunter2"}',

@@ -160,7 +160,7 @@ def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict
     """Evaluate the frozen baseline and checkpoints on one split. `seeds`: name -> checkpoints of the
     same recipe trained with different seeds; each is evaluated as "<name> #k" and summarized under
     "seeds" as mean and std."""
-    from ..train.trainer import ensure_cache
+    from ..data.cache import ensure_cache
     from ..data.records import read_manifest
 
     products = read_manifest(manifest)

@@ -45,7 +45,7 @@ def swap_plan(items: Sequence[Mapping], categories: Sequence[str], m: str, seed:
 
 def text_agreement(model, items: Sequence[Mapping], batch_size: int = 64, missing: str | None = None) -> np.ndarray:
     """(N, 5): the text row of S, S[text, m] for every modality m, of each item (NaN where either is absent)."""
-    from ..model.catalog import forward_items
+    from ..model.inference import forward_items
 
     out = []
     for s in range(0, len(items), batch_size):

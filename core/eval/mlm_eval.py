@@ -30,7 +30,7 @@ def content_ids(vocab: Mapping[str, int]) -> set[int]:
 def masked_word_accuracy(model, items: Sequence[Mapping], content: set[int], reference: Sequence[Mapping] = (),
                          prob: float = 0.15, seed: int = 0, batch_size: int = 32) -> dict:
     """{"top1", "top5", "baseline_top1" (x100), "masked": how many tokens, "baseline_token": its id}."""
-    from ..model.catalog import collator_for, model_device
+    from ..model.inference import collator_for, model_device
     from ..data.dataset import batch_to
 
     rng = np.random.default_rng(seed)

@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..model.catalog import Catalog, forward_items
+from ..model.catalog import Catalog
+
+from ..model.inference import forward_items
 from ..data.dataset import MODALITY_KEY
 from ..eval.metrics import l2n
 from ..modalities import MODALITIES

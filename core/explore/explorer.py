@@ -6,15 +6,13 @@
     a = ex.analyze(feats, missing="mask")               # S, S', pooled/cls/fused, attention shares
     r = ex.masked_prediction(feats, text_positions=[3], prob=0.15, seed=0, drop_modality=None)
     q = ex.embed(feats, keep=["text", "image"])         # fused embedding of a subset of modalities
-    log = read_train_log("checkpoints/scale-shop3k-small")  # train_metrics.jsonl / metrics.jsonl
-    bench_app()                                         # app timings (what `python -m core.bench app` runs)
 
+Training logs: core.explore.training_log; app timings: core.explore.app_bench.
 Nothing here imports Streamlit at module level; the pages only draw what these return.
 """
 from __future__ import annotations
 
 import copy
-import os
 import json
 import re
 import shutil
@@ -29,9 +27,11 @@ import numpy as np
 import torch
 
 from ..data.backbones import BackboneConfig, resolve_device, set_offline
-from ..model.catalog import Catalog, collator_for, forward_items, model_device
+from ..model.catalog import Catalog
+from ..model.inference import collator_for, forward_items, model_device
 from .contributions import attention_shares, subset_features
 from ..data.dataset import FEATURE_KEYS, ID_KEYS, batch_to
+from ..model.checkpoint import load_checkpoint, read_checkpoint_config
 from ..errors import CheckpointError, MediaError, RecordError, ScaleError
 from ..data.featurize import Decoded, Featurizer
 from ..data.media import parse_table
@@ -116,27 +116,17 @@ class UploadSpace:
 
 
 def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The SCALE model of a checkpoint folder, in eval mode."""
-    from ..model.checkpoint import load_checkpoint
-
+    """The SCALE model of a checkpoint folder, in eval mode (its parsed config.json is `model.checkpoint_info`)."""
     path = Path(checkpoint_dir)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path}: no config.json, so this is not a checkpoint folder. Fix: train one "
                               "(python -m core.train ...) or point SCALE_CHECKPOINT at an existing one.")
-    loaded = load_checkpoint(path, device)
-    model = loaded
-    if isinstance(loaded, (tuple, list)):
-        model = next(x for x in loaded if isinstance(x, torch.nn.Module))
-    return model.eval()
+    return load_checkpoint(path, device).eval()
 
 
 def backbone_config(checkpoint_dir: str | Path) -> BackboneConfig:
     """Backbones named in the checkpoint's config.json (key "backbones"), else the defaults."""
-    try:
-        d = json.loads((Path(checkpoint_dir) / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return BackboneConfig()
-    b = d.get("backbones") if isinstance(d, dict) else None
+    b = read_checkpoint_config(checkpoint_dir).get("backbones")
     return BackboneConfig.from_dict(b) if isinstance(b, dict) else BackboneConfig()
 
 
@@ -470,247 +460,3 @@ def reference_errors(ex: "Explorer", items: Sequence[Mapping], prob: float = 0.1
         for m, e in r.item_error.items():
             errs.setdefault(m, []).extend(np.asarray(e)[r.item_masked[m]].tolist())
     return {m: float(np.median(v)) for m, v in errs.items() if v}
-
-
-# ---------------------------------------------------------------- training logs
-@dataclass
-class TrainLog:
-    """Per-step training records: train_metrics.jsonl (shipped checkpoint) or a run's metrics.jsonl."""
-
-    path: Path
-    steps: np.ndarray  # (T,) int
-    epochs: np.ndarray  # (T,)
-    lr: np.ndarray  # (T,) float, NaN where not logged
-    losses: dict[str, np.ndarray]  # task -> (T,) float, NaN where not logged
-    s_prime: np.ndarray | None  # (T, 5, 5) batch-mean S', NaN for absent / unlogged
-    val: list[dict]  # the `val` lines (one an epoch), as they are
-
-    def frame(self) -> "pd.DataFrame":
-        import pandas as pd
-
-        df = pd.DataFrame({"step": self.steps, "epoch": self.epochs, "lr": self.lr,
-                           **{f"loss_{k}": v for k, v in self.losses.items()}})
-        if self.s_prime is not None:
-            for i, a in enumerate(MODALITIES):
-                for j, b in enumerate(MODALITIES):
-                    if j >= i:
-                        df[f"S_prime_{a}_{b}"] = self.s_prime[:, i, j]
-        return df
-
-
-LOG_NAMES = ("train_metrics.jsonl", "metrics.jsonl")
-
-
-def find_train_log(folder: str | Path) -> Path | None:
-    """train_metrics.jsonl, else metrics.jsonl, in `folder` or (for a run's checkpoint) two levels up.
-    A file is taken only under one of those two names: the reader is no viewer for other files."""
-    folder = Path(folder)
-    if folder.is_file():
-        return folder if folder.name in LOG_NAMES else None
-    for base in (folder, folder.parent, folder.parent.parent):
-        for name in LOG_NAMES:
-            if (base / name).is_file():
-                return base / name
-    return None
-
-
-def _numbers(d: Mapping) -> dict[str, float]:
-    return {str(k): float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _s_prime(sp: object) -> np.ndarray:
-    """A logged 5x5 S' (None = absent modality), or all NaN when the line has none or it is malformed."""
-    try:
-        m = np.array([[np.nan if x is None else float(x) for x in row] for row in sp], dtype=float)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        return np.full((5, 5), np.nan)
-    return m if m.shape == (len(MODALITIES), len(MODALITIES)) else np.full((5, 5), np.nan)
-
-
-def loss_curve(values: np.ndarray, window: int) -> np.ndarray:
-    """A task's loss per step for plotting: exact zeros (the trainer logs 0 for a batch that had none of the
-    task's modality) become gaps, then a trailing mean over `window` steps of the batches that had it."""
-    import pandas as pd
-
-    v = np.asarray(values, dtype=float)
-    v = np.where(v == 0.0, np.nan, v)
-    return pd.Series(v).rolling(max(1, int(window)), min_periods=1).mean().to_numpy()
-
-
-def default_smoothing(n_steps: int) -> int:
-    """About 5% of the run, between 1 and 50 steps: enough to read a trend, not enough to hide it."""
-    return int(min(50, max(1, n_steps // 20)))
-
-
-def read_train_log(folder: str | Path) -> TrainLog | None:
-    """Parse a training log. None if absent. Only what the trainer writes is kept, and only its numbers:
-    step lines ("loss") and validation lines ("val": {name: number}); any other line is skipped (a run may
-    be writing its last line, and a log must never carry other text to the page)."""
-    path = find_train_log(folder)
-    if path is None:
-        return None
-    steps, epochs, lrs, losses, sps, val = [], [], [], [], [], []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(d, dict):
-            continue
-        if isinstance(d.get("val"), dict):
-            val.append({"step": _numbers(d).get("step"), "epoch": _numbers(d).get("epoch"), "val": _numbers(d["val"])})
-            continue
-        if not isinstance(d.get("loss"), (dict, int, float)) or isinstance(d.get("loss"), bool):
-            continue
-        nums = _numbers(d)
-        steps.append(int(nums.get("step", len(steps))))
-        epochs.append(nums.get("epoch", np.nan))
-        lrs.append(nums.get("lr", np.nan))
-        loss = d["loss"]
-        losses.append(_numbers(loss) if isinstance(loss, dict) else {"total": float(loss)})
-        sps.append(_s_prime(d.get("S_prime")))
-    if not steps:
-        return TrainLog(path, np.zeros(0, int), np.zeros(0), np.zeros(0), {}, None, val) if val else None
-    keys = list(dict.fromkeys(k for l in losses for k in l))
-    return TrainLog(path=path, steps=np.asarray(steps), epochs=np.asarray(epochs, dtype=float), lr=np.asarray(lrs),
-                    losses={k: np.array([l.get(k, np.nan) for l in losses]) for k in keys},
-                    s_prime=np.stack(sps) if any(np.isfinite(x).any() for x in sps) else None, val=val)
-
-
-# ---------------------------------------------------------------- app benchmark
-_BENCH_SCRIPT = r'''
-import json, os, resource, sys, time
-t_start = float(sys.argv[2])
-from streamlit.testing.v1 import AppTest
-root = sys.argv[1]
-media = json.loads(sys.argv[3])
-out = {}
-def run(at):
-    t = time.perf_counter(); at.run(); dt = time.perf_counter() - t
-    if at.exception:
-        raise SystemExit("app raised: " + at.exception[0].value)
-    return dt
-at = AppTest.from_file(os.path.join(root, "app.py"), default_timeout=600)
-run(at)
-out["cold_start_s"] = time.time() - t_start  # fresh interpreter: imports + model + backbones + first page
-ups = []
-for rep in range(3):  # three separate products: the first, and the median a user meets
-    at.switch_page("pages/1_Upload_and_inspect.py"); run(at)
-    at.file_uploader(key="up_images").set_value([("product.png", open(media["image"], "rb").read(), "image/png")])
-    at.file_uploader(key="up_video").set_value(("product.mp4", open(media["video"], "rb").read(), "video/mp4"))
-    at.file_uploader(key="up_audio").set_value(("product.wav", open(media["audio"], "rb").read(), "audio/wav"))
-    at.file_uploader(key="up_table_file").set_value(("table.csv", open(media["table"], "rb").read(), "text/csv"))
-    at.text_input(key="up_title").input(f"Benchmark product {rep + 1}"); run(at)
-    at.button(key="up_submit").click()
-    t_up = run(at)
-    at.switch_page("pages/2_Modality_scores.py")
-    ups.append(t_up + run(at))
-out["upload_to_S_first_s"] = ups[0]
-out["upload_to_S_s"] = sorted(ups)[1]
-out["upload_to_S_runs_s"] = [round(u, 3) for u in ups]
-out["present"] = at.session_state["products"][at.session_state["current"]]["decoded"].present()
-sw = []
-for p in ["7_Training", "6_Retrieval", "2_Modality_scores", "7_Training", "2_Modality_scores"]:
-    at.switch_page(f"pages/{p}.py"); sw.append(run(at))
-out["page_switch_s"] = sorted(sw)[len(sw) // 2]
-at.switch_page("pages/4_Embedding_map.py"); out["map_pca_first_s"] = run(at)
-at.segmented_control(key="map_method").set_value("umap"); out["map_umap_first_s"] = run(at)
-out["map_umap_cached_s"] = run(at)
-def rss_mb():
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-out["rss_mb"] = round(rss_mb(), 1)
-out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-print("BENCH_JSON " + json.dumps(out))
-'''
-
-BENCH_TARGETS = {"cold_start_s": 15.0, "upload_to_S_s": 2.0, "page_switch_s": 0.5, "map_pca_first_s": 1.0,
-                 "map_umap_first_s": 30.0, "rss_mb": 3072.0}
-
-
-def bench_app(checkpoint_dir: str | Path | None = None, catalog_size: int = 3000, device: str = "cpu",
-              workdir: str | Path | None = None) -> dict:
-    """Time the app the way a user meets it (Streamlit AppTest in a fresh interpreter, so script
-    execution is measured, not browser painting): cold start to the home page with the model loaded;
-    uploading a product with all five modalities (image, 8 s video with sound, 8 s audio, table) to its
-    S matrix shown, three times as three products (the first and the median are reported); switching
-    pages with the cached model (median); the embedding map of `catalog_size` products with PCA and UMAP
-    (first time, then cached); the app process RSS.
-
-    `checkpoint_dir`: default checkpoints/scale-shop3k-small; when it is missing, a randomly initialized
-    `small` model is saved to a temp folder (same size and speed as the trained one). The map's catalog
-    is the checkpoint's catalog.npz when it has >= catalog_size products, else the model's embeddings of
-    `catalog_size` random shop3k-shaped feature sets (timing only: their positions mean nothing).
-    """
-    import subprocess
-    import sys
-    import time
-
-    from ..model.checkpoint import save_checkpoint
-    from ..model.config import get_config
-    from ..model.scale import SCALE
-    from ..data.synth import COLORS, draw_shape, spin_frames, tone, write_audio, write_image, write_video
-
-    root = Path(__file__).resolve().parents[2]
-    work = Path(workdir or tempfile.mkdtemp(prefix="scale-bench-app-"))
-    work.mkdir(parents=True, exist_ok=True)
-    ckpt = Path(checkpoint_dir) if checkpoint_dir else root / "checkpoints" / "scale-shop3k-small"
-    notes = []
-    model = None
-    if not (ckpt / "config.json").is_file():
-        notes.append(f"{ckpt} missing: timed a randomly initialized 'small' model")
-        torch.manual_seed(0)
-        model = SCALE(get_config("small"), pretrained=False).eval()
-        ckpt = work / "ckpt"
-        save_checkpoint(model, ckpt)
-    catalog = ckpt / "catalog.npz"
-    n_have = len(Catalog.load(catalog)) if catalog.is_file() else 0
-    if n_have < 0.85 * catalog_size:  # shop3k's 2,682 products count as "about 3,000"
-        from ..model.catalog import embed_products
-
-        model = model or load_model(ckpt, "cpu")
-        cached = work / "catalog.npz"
-        if not (cached.is_file() and len(Catalog.load(cached)) == catalog_size):
-            rng = np.random.default_rng(0)
-            dims = model.cfg.feature_dims
-            # short random products: the map timing depends on the number of rows, not on their content
-            items = [{"id": f"bench-{i:05d}", "category": f"cat{i % 20}", "source": "bench",
-                      "text.ids": np.r_[101, rng.integers(999, 30000, 14), 102].astype(np.int32),
-                      "image.tokens": rng.standard_normal((50, dims["image"])).astype(np.float16),
-                      "image.boxes": np.tile(np.float32([0, 0, 1, 1, 1]), (50, 1)),
-                      "audio.patches": rng.standard_normal((8, dims["audio"])).astype(np.float16)}
-                     for i in range(catalog_size)]
-            embed_products(model, items, batch_size=100).save(cached)
-        catalog = cached
-        notes.append(f"map catalog: {catalog_size} random products (text, image, audio) embedded by the model")
-        n_have = catalog_size
-    media = {"image": str(write_image(work / "p.png", draw_shape("circle", COLORS["red"], 480))),
-             "video": str(write_video(work / "p.mp4", spin_frames("circle", COLORS["red"], 8.0, fps=12, size=256),
-                                      audio=tone(330.0, 8.0))),
-             "audio": str(write_audio(work / "p.wav", tone(440.0, 8.0)))}
-    (work / "t.csv").write_text("key,value\ncolor,Red\nshape,circle\nsize,M\nmaterial,Felt\n")
-    media["table"] = str(work / "t.csv")
-    env = dict(os.environ, SCALE_CHECKPOINT=str(ckpt), SCALE_CATALOG=str(catalog), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1",  # the app reads only under its roots (core.explore.roots): add these two
-               SCALE_ROOTS=os.pathsep.join(filter(None, [os.environ.get("SCALE_ROOTS"), str(ckpt), str(Path(catalog).parent)])))
-    if device == "cpu":  # hide any GPU; other devices keep the caller's CUDA_VISIBLE_DEVICES
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    t0 = time.time()
-    proc = subprocess.run([sys.executable, "-c", _BENCH_SCRIPT, str(root), repr(t0), json.dumps(media)],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=1200)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
-    if line is None:
-        raise ScaleError(f"app benchmark failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    res = json.loads(line[len("BENCH_JSON "):])
-    res.update(catalog_products=n_have, checkpoint=str(ckpt), device=device, method="streamlit AppTest, fresh interpreter",
-               notes=notes, targets=BENCH_TARGETS,
-               meets_targets={k: (res[k] <= v) for k, v in BENCH_TARGETS.items() if isinstance(res.get(k), (int, float))})
-    for k, v in list(res.items()):
-        if isinstance(v, float):
-            res[k] = round(v, 3)
-    return res

@@ -27,7 +27,7 @@ from ..data.splits import in_split
 
 def release(run: str | Path, manifest: str | Path, out: str | Path, cache_dir: str | None = None,
             split: str = "val") -> Path:
-    from .trainer import ensure_cache
+    from ..data.cache import ensure_cache
 
     run, out = Path(run), Path(out)
     final = run / "final"

@@ -34,16 +34,17 @@ import torch
 import torch.distributed as dist
 
 from ..data.backbones import resolve_device, set_offline
-from ..model.catalog import fusion_center
+from ..model.inference import fusion_center
 from ..model.checkpoint import load_checkpoint, save_checkpoint, set_file_mode
 from ..model.config import get_config
 from ..data.dataset import Collator, FeatureDataset, StepBatches, batch_to, step_loader
 from ..data.dataset import epoch_batches, epoch_order  # noqa: F401 - moved to core.data.dataset; importable from here as before
 from ..errors import CheckpointError, ScaleError
-from ..data.features import FeatureCache, build_cache
+from ..data.cache import ensure_cache
+from ..data.features import FeatureCache
 from ..modalities import MODALITIES
 from ..model.scale import SCALE
-from ..data.records import read_manifest, scan_manifest
+from ..data.records import scan_manifest
 from ..data.splits import in_split
 
 
@@ -95,32 +96,6 @@ def parse_sets(sets) -> dict:
         except json.JSONDecodeError:
             out[k] = v
     return out
-
-
-def default_cache_dir(manifest: str | Path) -> Path:
-    """The feature cache beside the repo, one folder per manifest."""
-    m = Path(manifest).resolve()
-    name = f"{m.parent.name}-{m.stem}"
-    return Path(__file__).resolve().parents[2] / "cache" / name
-
-
-def ensure_cache(manifest: str | Path, cache_dir: str | Path | None, device: str = "auto",
-                 rank: int = 0, products: list | None = None) -> FeatureCache:
-    """Open the feature cache of a manifest, building what is missing (rank 0 builds, others wait)."""
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(manifest)
-    if rank == 0:
-        products = products if products is not None else read_manifest(manifest)
-        index = cache_dir / "index.json"
-        known = set()
-        if index.is_file():
-            idx = json.loads(index.read_text())
-            known = set(idx["products"]) | set(idx["failures"])
-        if any(p.id not in known for p in products):
-            print(f"building features for {sum(p.id not in known for p in products)} products into {cache_dir}", file=sys.stderr)
-            build_cache(manifest, cache_dir, device=device, products=products)
-    if dist.is_initialized():
-        dist.barrier()
-    return FeatureCache(cache_dir)
 
 
 def select_ids(cache: FeatureCache, products: list, split: str | None, complete_only: bool = False) -> list[str]:
@@ -608,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache", default=None, help="feature cache folder (default: cache/<manifest>)")
+    ap.add_argument("--cache", default=None, help="feature cache folder (default: cache/<manifest folder>)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--save-every-min", type=float, default=10.0)

@@ -38,18 +38,13 @@ import torch
 from torch.utils.data import Dataset
 
 from .masking import IGNORE, entity_mask, item_mask, mlm_mask
-from ..modalities import MODALITIES
+from ..modalities import FEATURE_KEY, FEATURE_MODALITIES, MODALITIES, TOKEN_MODALITIES
 
-# Feature key and width of each feature modality.
-FEATURE_KEYS: dict[str, str] = {"image": "image.tokens", "video": "video.frames", "audio": "audio.patches"}
-ID_KEYS: dict[str, str] = {"text": "text.ids", "table": "table.ids"}
-MODALITY_KEY: dict[str, str] = {**ID_KEYS, **FEATURE_KEYS}
+# Features-dict key of each modality's tokens (core.modalities), split by kind.
+FEATURE_KEYS: dict[str, str] = {m: FEATURE_KEY[m] for m in FEATURE_MODALITIES}
+ID_KEYS: dict[str, str] = {m: FEATURE_KEY[m] for m in TOKEN_MODALITIES}
 
 Features = Mapping[str, np.ndarray]
-
-
-def present_modalities(feats: Features) -> dict[str, bool]:
-    return {m: MODALITY_KEY[m] in feats for m in MODALITIES}
 
 
 class FeatureDataset(Dataset):

@@ -40,7 +40,7 @@ import numpy as np
 
 from .backbones import BackboneConfig, set_offline
 from ..errors import CacheError, ScaleError
-from ..modalities import pattern
+from ..modalities import pattern, present_in
 from .records import Product, scan_manifest
 
 VERSION = 1
@@ -169,9 +169,8 @@ class FeatureCache:
         shard = self._shard(entry["shard"])
         prefix = pid + "/"
         feats = {k[len(prefix):]: v for k, v in shard.items() if k.startswith(prefix)}
-        from .featurize import feature_present
 
-        got = pattern(feature_present(feats))
+        got = pattern(present_in(feats))
         if got != entry["pattern"]:  # e.g. the shard was overwritten: never hand back {} as a product
             raise CacheError(f"{self.root / 'shards' / entry['shard']}: product {pid!r} is indexed with modalities "
                              f"{entry['pattern']} but the shard holds {got}. Fix: delete this shard file and build "
@@ -269,7 +268,7 @@ def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None,
     from safetensors.numpy import save as save_bytes
     from tqdm import tqdm
 
-    from .featurize import Featurizer, feature_present
+    from .featurize import Featurizer
 
     out = Path(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
@@ -349,7 +348,7 @@ def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None,
                 continue
             for k, v in f.items():
                 tensors[f"{p.id}/{k}"] = np.ascontiguousarray(v)
-            entries[p.id] = {"shard": name, "pattern": pattern(feature_present(f)), "split": p.split, "category": p.category}
+            entries[p.id] = {"shard": name, "pattern": pattern(present_in(f)), "split": p.split, "category": p.category}
             records[p.id] = {"entry": entries[p.id], "failure": index["failures"].get(p.id)}
         if tensors:
             _atomic_write_bytes(shards / name, save_bytes(tensors))

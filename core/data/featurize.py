@@ -18,7 +18,6 @@ from .backbones import (MAX_TEXT_CHARS, AudioFrontend, BackboneConfig, ImageBack
 from ..errors import MediaError
 from .media import (FRAME_LONG_SIDE, FRAME_SHORT_SIDE, IMAGE_LONG_SIDE, IMAGE_SHORT_SIDE, VideoClip, has_soundtrack,
                     load_audio, load_image, load_soundtrack, load_video, parse_table)
-from ..modalities import MODALITIES
 from .records import Product
 
 
@@ -133,7 +132,3 @@ class Featurizer:
         d = self.decode(product)
         return self.encode(d), d
 
-
-def feature_present(feats: dict) -> list[bool]:
-    keys = {"text": "text.ids", "table": "table.ids", "image": "image.tokens", "video": "video.frames", "audio": "audio.patches"}
-    return [keys[m] in feats for m in MODALITIES]

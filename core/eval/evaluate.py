@@ -29,7 +29,7 @@ from ..data.features import FeatureCache
 from .metrics import clustering, collapse_score, concat_pca, instance_recall, l2n, linear_probe, retrieval_scores
 from .mismatch import mismatch_auc
 from .mlm_eval import content_ids, masked_word_accuracy
-from ..modalities import INDEX, MODALITIES
+from ..modalities import FEATURE_KEY, INDEX, MODALITIES, TOKEN_MODALITIES, present_in
 from ..data.splits import SPLITS, in_split
 
 FROZEN_DIM = 256  # PCA width of the frozen baseline's concatenated backbone features
@@ -111,7 +111,7 @@ def frozen_blocks(cache: FeatureCache, ids: list[str]) -> tuple[dict[str, np.nda
     texts: dict[str, list[tuple[int, np.ndarray]]] = {"text": [], "table": []}
     for i, pid in enumerate(ids):
         f = cache[pid]
-        for m, key in (("text", "text.ids"), ("table", "table.ids")):
+        for m, key in ((m, FEATURE_KEY[m]) for m in TOKEN_MODALITIES):
             if key in f:
                 texts[m].append((i, f[key]))
         if "image.tokens" in f:
@@ -120,7 +120,7 @@ def frozen_blocks(cache: FeatureCache, ids: list[str]) -> tuple[dict[str, np.nda
             blocks["video"][i] = f["video.frames"].astype(np.float32).mean(0)
         if "audio.patches" in f:
             blocks["audio"][i] = f["audio.patches"].astype(np.float32).mean(0)
-        present[i] = [k in f for k in ("text.ids", "table.ids", "image.tokens", "video.frames", "audio.patches")]
+        present[i] = present_in(f)
     for m, rows in texts.items():
         for s in range(0, len(rows), 64):
             chunk = rows[s: s + 64]

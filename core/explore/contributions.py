@@ -26,9 +26,8 @@ import torch
 from ..model.catalog import Catalog
 
 from ..model.inference import forward_items
-from ..data.dataset import MODALITY_KEY
 from ..eval.metrics import l2n
-from ..modalities import MODALITIES
+from ..modalities import MODALITIES, present_names
 
 VALUE_NAMES = ("similarity", "ap")
 
@@ -37,10 +36,6 @@ def subset_features(features: Mapping, keep: Sequence[str]) -> dict:
     """The product's features with only the modalities in `keep` (plus its id)."""
     keep = set(keep)
     return {k: v for k, v in features.items() if k == "id" or k.split(".")[0] in keep}
-
-
-def present_of(features: Mapping) -> list[str]:
-    return [m for m in MODALITIES if MODALITY_KEY[m] in features]
 
 
 # ---------------------------------------------------------------- game theory (pure functions)
@@ -132,7 +127,7 @@ def modality_contributions(model: torch.nn.Module, features: Mapping, catalog: C
     """LOO and exact Shapley of each present modality for neighbour similarity and (when `category`
     is known) category-retrieval AP@K against the catalog's fused embeddings. `exclude` (N,) bool drops
     catalog rows besides `product_id` (an upload's duplicate in the catalog)."""
-    players = present_of(features)
+    players = present_names(features)
     if not players:
         raise ValueError("the product has no modality, so there is nothing to attribute")
     subsets, emb = subset_embeddings(model, features, players, missing)
@@ -222,7 +217,7 @@ def catalog_contributions(model: torch.nn.Module, cache_or_items: "Mapping[str, 
     for n, (c, pid) in enumerate(picks):
         feats = dict(get(pid))
         feats["id"] = pid
-        if present_of(feats):
+        if present_names(feats):
             res = modality_contributions(model, feats, catalog, k=k, category=c, product_id=pid)
             vals = res.shapley.get(value, res.shapley["similarity"])
             for m, v in vals.items():

@@ -7,7 +7,7 @@ are written down in docs/SCALE.md. Data flow of one forward:
     batch[m] -> encoders[m] (embed, blocks)  -> pooled[m] (pre-fusion, used by S and contrastive)
              -> jct (all tokens, one mask)   -> cls[m] (first token after fusion) -> fused
              -> heads (MLM, MEM, MRP, MFP, MAM on the JCT states) + contrastive (10 pairs),
-                each weighted per sample by S' (harmonize.py)
+                each weighted per sample by S' (score_matrix.py)
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ class SCALE(nn.Module):
         else:
             self.register_buffer("logit_scale", log_scale, persistent=False)
         # per-modality mean of the L2-normalized fusion features over training products (set by the
-        # trainer with core.model.catalog.fusion_center, followed as a running mean while training); zeros =
+        # trainer with core.model.inference.fusion_center, followed as a running mean while training); zeros =
         # plain sum, as checkpoints saved without it
         self.register_buffer("fusion_center", torch.zeros(len(MODALITIES), cfg.hidden))
         self.register_buffer("center_count", torch.zeros(()))  # batches folded into the running centre

@@ -5,7 +5,7 @@
     python -m core.bench train --cache DIR --manifest M [--workers N] [--batch B] [--iters 20]   the same, through core.train.trainer
     python -m core.bench features --manifest M [--limit 200] [--workers 0,1]   feature build products/s per decode-worker count
     python -m core.bench embed --cache DIR --manifest M   catalog embedding products/s (cached, raw files)
-    python -m core.bench app                          app timings (core.explore.app_bench.bench_app)
+    python -m core.bench app                          app timings (core.explore.app_bench: bench_app, gallery_click, catalog_check_render)
     python -m core.bench app --gallery --checkpoint DIR --manifest M [--features CACHE]   home page, then a
         gallery click to the product's scores
     python -m core.bench app --catalog-check NPZ --checkpoint DIR [--manifest M]   only the Catalog check page's
@@ -276,110 +276,13 @@ def cmd_embed(args: argparse.Namespace) -> dict:
 
 
 def cmd_app(args: argparse.Namespace) -> dict:
-    from .explore.app_bench import bench_app
+    from .explore.app_bench import bench_app, catalog_check_render, gallery_click
 
     if args.catalog_check:
         return catalog_check_render(args.catalog_check, args.checkpoint, args.manifest)
     if args.gallery:
         return gallery_click(args.checkpoint, args.manifest, args.features)
     return bench_app(args.checkpoint, args.catalog_size, args.device)
-
-
-_RENDER = """
-import json, sys, time
-t = time.perf_counter()
-import appkit, core.explore.catalog_check, core.explore.explorer  # what any first page of a new server imports (torch included)
-from streamlit.testing.v1 import AppTest
-imports = time.perf_counter() - t
-t = time.perf_counter()
-at = AppTest.from_file(sys.argv[1], default_timeout=300)
-at.run()
-first = time.perf_counter() - t
-t = time.perf_counter()
-at.run()
-again = time.perf_counter() - t
-print(json.dumps({"imports_s": round(imports, 2), "first_render_s": round(first, 2), "rerun_s": round(again, 2), "rows_shown": len(at.dataframe[0].value),
-                  "exception": [str(e.value) for e in at.exception], "errors": [e.value for e in at.error]}))
-"""
-
-
-def catalog_check_render(catalog: str, checkpoint: str | None, manifest: str | None) -> dict:
-    """The Catalog check page opened first in a fresh interpreter (empty caches: catalog load, manifest join,
-    per-pair scores, thumbnails), then rerun; AppTest measures script execution, not browser painting.
-    `imports_s` (appkit, torch, core) is reported apart: a server pays it once, for whichever page opens first."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    paths = [Path(catalog).resolve()] + ([Path(checkpoint).resolve()] if checkpoint else []) + (
-        [Path(manifest).resolve()] if manifest else [])
-    env = dict(os.environ, SCALE_CATALOG=str(paths[0]),
-               SCALE_ROOTS=os.pathsep.join(filter(None, [os.environ.get("SCALE_ROOTS")] + [str(p.parent) for p in paths])))
-    if checkpoint:
-        env["SCALE_CHECKPOINT"] = str(Path(checkpoint).resolve())
-    if manifest:
-        env["SCALE_MANIFEST"] = str(Path(manifest).resolve())
-    run = subprocess.run([sys.executable, "-c", _RENDER, str(root / "pages" / "8_Catalog_check.py")], env=env, cwd=root,
-                         capture_output=True, text=True, timeout=600)
-    if run.returncode:
-        return {"error": run.stderr[-2000:]}
-    import numpy as _np
-
-    with _np.load(catalog, allow_pickle=False) as z:
-        n = len(z["ids"])
-    return dict(json.loads(run.stdout.strip().splitlines()[-1]), catalog_products=n)
-
-
-_GALLERY = """
-import json, sys, time
-from streamlit.testing.v1 import AppTest
-def home():
-    at = AppTest.from_file(sys.argv[1], default_timeout=600)
-    at.run()
-    return at, [b.key for b in at.button if str(b.key or "").startswith("gal_")]
-t = time.perf_counter()
-at, keys = home()  # a new session: the process's model cache is shared, as on a server
-first_home = time.perf_counter() - t
-if not keys:
-    raise SystemExit("no gallery on the home page: the manifest has no val product in the catalog")
-clicks = []
-for k in keys[:3]:  # three products, each in a fresh session: the first click and the median
-    at, _ = home()
-    t = time.perf_counter()
-    [x for x in at.button if x.key == k][0].click()
-    at.run()
-    clicks.append(time.perf_counter() - t)
-    if at.exception:
-        raise SystemExit("app raised: " + at.exception[0].value)
-print(json.dumps({"home_s": round(first_home, 2), "gallery_click_to_S_s": round(sorted(clicks)[len(clicks) // 2], 2),
-                  "clicks_s": [round(c, 2) for c in clicks], "page_after_click": at.title[0].value}))
-"""
-
-
-def gallery_click(checkpoint: str | None, manifest: str | None, features: str | None) -> dict:
-    """The demo path in a fresh interpreter: the home page (model load included), then a click on a gallery
-    product until its Modality scores page has run (product loaded, features from the cache when `features`
-    holds it, one forward pass, S against the catalog). AppTest measures script execution, not painting."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    if not (checkpoint and manifest):
-        return {"error": "--gallery needs --checkpoint DIR and --manifest M (a manifest with val products)"}
-    root = Path(__file__).resolve().parents[1]
-    ck, mf = Path(checkpoint).resolve(), Path(manifest).resolve()
-    env = dict(os.environ, SCALE_CHECKPOINT=str(ck), SCALE_CATALOG=str(ck / "catalog.npz"), SCALE_MANIFEST=str(mf),
-               SCALE_ROOTS=os.pathsep.join(filter(None, [os.environ.get("SCALE_ROOTS"), str(ck.parent), str(mf.parent)])))
-    if features:
-        env["SCALE_FEATURES"] = str(Path(features).resolve())
-    run = subprocess.run([sys.executable, "-c", _GALLERY, str(root / "app.py")], env=env, cwd=root,
-                         capture_output=True, text=True, timeout=1200)
-    if run.returncode:
-        return {"error": run.stderr[-2000:]}
-    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def cmd_swap(args: argparse.Namespace) -> dict:

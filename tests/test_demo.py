@@ -291,7 +291,7 @@ def test_contributions_headline_names_the_top_modality_and_one_default_metric(se
 
 
 def test_bench_times_a_gallery_click_to_the_scores(setup):
-    from core.bench import gallery_click
+    from core.explore.app_bench import gallery_click
 
     r = gallery_click(str(setup.checkpoint), str(setup.manifest), None)
     assert "error" not in r, r.get("error")

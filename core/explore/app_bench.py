@@ -1,5 +1,7 @@
-"""App timings (`python -m core.bench app`): `bench_app` drives the Streamlit app through AppTest in a fresh
-interpreter, which runs `time_app` (this module run as `python -m core.explore.app_bench ROOT T0 MEDIA`).
+"""App timings (`python -m core.bench app`), each measured in a fresh interpreter through Streamlit's AppTest:
+`bench_app` (upload to S, page switches, map) runs `time_app`, `catalog_check_render` runs
+`render_catalog_check`, `gallery_click` runs `click_gallery` (this module run as
+`python -m core.explore.app_bench app|catalog-check|gallery ARGS`).
 
 Module-level imports stay light (no torch, no Streamlit): the fresh interpreter's cold start is what is timed.
 """
@@ -67,6 +69,58 @@ def time_app(root: str, t_start: float, media: dict[str, str]) -> dict:
     out["rss_mb"] = round(_rss_mb(), 1)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
+
+
+def render_catalog_check(page: str) -> dict:
+    """The Catalog check page opened first, then rerun, in this (fresh) interpreter; `imports_s` apart."""
+    t = time.perf_counter()
+    import appkit  # noqa: F401 - what any first page of a new server imports (torch included)
+    from . import catalog_check, explorer  # noqa: F401
+    from streamlit.testing.v1 import AppTest
+    imports = time.perf_counter() - t
+    t = time.perf_counter()
+    at = AppTest.from_file(page, default_timeout=300)
+    at.run()
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    at.run()
+    again = time.perf_counter() - t
+    return {"imports_s": round(imports, 2), "first_render_s": round(first, 2), "rerun_s": round(again, 2),
+            "rows_shown": len(at.dataframe[0].value),
+            "exception": [str(e.value) for e in at.exception], "errors": [e.value for e in at.error]}
+
+
+def click_gallery(app: str) -> dict:
+    """The home page in a new session, then a click on a gallery product until its scores page has run;
+    three products, each in a fresh session (the process's model cache is shared, as on a server)."""
+    from streamlit.testing.v1 import AppTest
+
+    def home():
+        at = AppTest.from_file(app, default_timeout=600)
+        at.run()
+        return at, [b.key for b in at.button if str(b.key or "").startswith("gal_")]
+
+    t = time.perf_counter()
+    at, keys = home()
+    first_home = time.perf_counter() - t
+    if not keys:
+        raise SystemExit("no gallery on the home page: the manifest has no val product in the catalog")
+    clicks = []
+    for k in keys[:3]:  # the first click and the median
+        at, _ = home()
+        t = time.perf_counter()
+        [x for x in at.button if x.key == k][0].click()
+        at.run()
+        clicks.append(time.perf_counter() - t)
+        if at.exception:
+            raise SystemExit("app raised: " + at.exception[0].value)
+    return {"home_s": round(first_home, 2), "gallery_click_to_S_s": round(sorted(clicks)[len(clicks) // 2], 2),
+            "clicks_s": [round(c, 2) for c in clicks], "page_after_click": at.title[0].value}
+
+
+def _child(*args: str) -> list[str]:
+    """The command line of a fresh interpreter running one of this module's timings."""
+    return [sys.executable, "-m", "core.explore.app_bench", *args]
 
 
 BENCH_TARGETS = {"cold_start_s": 15.0, "upload_to_S_s": 2.0, "page_switch_s": 0.5, "map_pca_first_s": 1.0,
@@ -145,7 +199,7 @@ def bench_app(checkpoint_dir: str | Path | None = None, catalog_size: int = 3000
     if device == "cpu":  # hide any GPU; other devices keep the caller's CUDA_VISIBLE_DEVICES
         env["CUDA_VISIBLE_DEVICES"] = ""
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "core.explore.app_bench", str(root), repr(t0), json.dumps(media)],
+    proc = subprocess.run(_child("app", str(root), repr(t0), json.dumps(media)),
                           cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
     if line is None:
@@ -160,5 +214,59 @@ def bench_app(checkpoint_dir: str | Path | None = None, catalog_size: int = 3000
     return res
 
 
-if __name__ == "__main__":  # the fresh interpreter bench_app starts: ROOT T0 MEDIA_JSON
-    print("BENCH_JSON " + json.dumps(time_app(sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3]))))
+def catalog_check_render(catalog: str, checkpoint: str | None, manifest: str | None) -> dict:
+    """The Catalog check page opened first in a fresh interpreter (empty caches: catalog load, manifest join,
+    per-pair scores, thumbnails), then rerun; AppTest measures script execution, not browser painting.
+    `imports_s` (appkit, torch, core) is reported apart: a server pays it once, for whichever page opens first."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    paths = [Path(catalog).resolve()] + ([Path(checkpoint).resolve()] if checkpoint else []) + (
+        [Path(manifest).resolve()] if manifest else [])
+    env = dict(os.environ, SCALE_CATALOG=str(paths[0]),
+               SCALE_ROOTS=os.pathsep.join(filter(None, [os.environ.get("SCALE_ROOTS")] + [str(p.parent) for p in paths])))
+    if checkpoint:
+        env["SCALE_CHECKPOINT"] = str(Path(checkpoint).resolve())
+    if manifest:
+        env["SCALE_MANIFEST"] = str(Path(manifest).resolve())
+    run = subprocess.run(_child("catalog-check", str(root / "pages" / "8_Catalog_check.py")), env=env, cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    if run.returncode:
+        return {"error": run.stderr[-2000:]}
+    import numpy as _np
+
+    with _np.load(catalog, allow_pickle=False) as z:
+        n = len(z["ids"])
+    return dict(json.loads(run.stdout.strip().splitlines()[-1]), catalog_products=n)
+
+
+def gallery_click(checkpoint: str | None, manifest: str | None, features: str | None) -> dict:
+    """The demo path in a fresh interpreter: the home page (model load included), then a click on a gallery
+    product until its Modality scores page has run (product loaded, features from the cache when `features`
+    holds it, one forward pass, S against the catalog). AppTest measures script execution, not painting."""
+    import subprocess
+
+    if not (checkpoint and manifest):
+        return {"error": "--gallery needs --checkpoint DIR and --manifest M (a manifest with val products)"}
+    root = Path(__file__).resolve().parents[2]
+    ck, mf = Path(checkpoint).resolve(), Path(manifest).resolve()
+    env = dict(os.environ, SCALE_CHECKPOINT=str(ck), SCALE_CATALOG=str(ck / "catalog.npz"), SCALE_MANIFEST=str(mf),
+               SCALE_ROOTS=os.pathsep.join(filter(None, [os.environ.get("SCALE_ROOTS"), str(ck.parent), str(mf.parent)])))
+    if features:
+        env["SCALE_FEATURES"] = str(Path(features).resolve())
+    run = subprocess.run(_child("gallery", str(root / "app.py")), env=env, cwd=root,
+                         capture_output=True, text=True, timeout=1200)
+    if run.returncode:
+        return {"error": run.stderr[-2000:]}
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+if __name__ == "__main__":  # the fresh interpreter the functions above start: a timing's name, then its arguments
+    _which, _args = sys.argv[1], sys.argv[2:]
+    if _which == "app":  # ROOT T0 MEDIA_JSON
+        print("BENCH_JSON " + json.dumps(time_app(_args[0], float(_args[1]), json.loads(_args[2]))))
+    elif _which == "catalog-check":  # PAGE
+        print(json.dumps(render_catalog_check(_args[0])))
+    elif _which == "gallery":  # APP
+        print(json.dumps(click_gallery(_args[0])))
+    else:
+        raise SystemExit(f"unknown timing {_which!r}: use app, catalog-check or gallery")

@@ -31,7 +31,7 @@ def tiny_setup(tmp_path_factory, synth_catalog):
 
 def run_cli(args, env_extra=None, **kw):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "core.train.trainer", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "core.train", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300, **kw)
 
 
@@ -63,7 +63,7 @@ def test_torchrun_two_cpu_ranks(tiny_setup, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "core.train.trainer", *base_args(tiny_setup, out, "--epochs", "1")]
+           "-m", "core.train", *base_args(tiny_setup, out, "--epochs", "1")]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "rank 0/2: finished 2 steps" in r.stderr and "rank 1/2: finished 2 steps" in r.stderr
@@ -74,7 +74,7 @@ def test_torchrun_two_cpu_ranks(tiny_setup, tmp_path):
 
 def _start(args):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "core.train.trainer", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "core.train", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -7,5 +7,6 @@ Data flows one way, one subpackage per stage:
     core.eval     metrics and the evaluator (`python -m core.eval`)
     core.explore  what the Streamlit pages call (explorer facade, catalog check, retrieval, maps)
 Top level: `errors` (error types), `modalities` (the modality table), `bench` (`python -m core.bench`).
-Importable without Streamlit; data and model import nothing from train, eval or explore.
+Importable without Streamlit. data and model import nothing from train or explore (model/catalog uses
+eval.metrics.l2n); train and eval import nothing from explore; eval and release nothing from the trainer.
 """

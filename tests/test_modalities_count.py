@@ -104,7 +104,7 @@ def test_legacy_checkpoint_config_keeps_its_behaviour():
 
 
 def test_fusion_weights_fit_down_weights_a_noise_modality():
-    from core.model.fusion import fit_weights, weighted_sum
+    from core.train.fusion import fit_weights, weighted_sum
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(8), 10)

@@ -69,7 +69,7 @@ class SCALE(nn.Module):
         # plain sum, as checkpoints saved without it
         self.register_buffer("fusion_center", torch.zeros(len(MODALITIES), cfg.hidden))
         self.register_buffer("center_count", torch.zeros(()))  # batches folded into the running centre
-        # per-modality weight of the fused sum, fitted on dev after training (core.model.fusion); ones = plain sum
+        # per-modality weight of the fused sum, fitted on dev after training (core.train.fusion); ones = plain sum
         self.register_buffer("fusion_weights", torch.ones(len(MODALITIES)))
         self.apply(self._init_weights)
         if pretrained and cfg.init_text_from_pretrained:

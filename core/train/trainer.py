@@ -353,9 +353,9 @@ def validate(model, dataset: FeatureDataset, collate_missing: str, device, batch
 
 @torch.no_grad()
 def fit_fusion(model, dataset: FeatureDataset, batch_size: int) -> dict:
-    """Fit model.fusion_weights on `dataset` (the dev split) with core.model.fusion; returns what was logged."""
+    """Fit model.fusion_weights on `dataset` (the dev split) with core.train.fusion; returns what was logged."""
     from ..model.catalog import embed_products
-    from ..model.fusion import fit_weights
+    from .fusion import fit_weights
 
     was = model.training
     model.eval()
@@ -594,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--complete-only", action="store_true", help="ablation: only products with all five modalities")
     ap.add_argument("--mask-prob", type=float, default=0.15)
     ap.add_argument("--fit-fusion-on", default="dev", help="split the fusion weights are fitted on at the end "
-                    "(core.model.fusion); 'none' keeps equal weights")
+                    "(core.train.fusion); 'none' keeps equal weights")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="model config override key=value")
     return ap
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 import appkit as ak
-from core.gallery import choose_gallery, presence_code
+from core.explore.gallery import choose_gallery, presence_code
 from core.modalities import pattern
 
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
@@ -50,7 +50,7 @@ def gallery(s, ex, cat, generated: bool) -> None:
         st.info("No catalog product outside the training split has an image, so there is no gallery. "
                 "Fix: upload a product on **Upload and inspect**.")
         return
-    st.caption("Curated by a rule (core.gallery): one held-out (val) catalog product per broad category, the most "
+    st.caption("Curated by a rule (core.explore.gallery): one held-out (val) catalog product per broad category, the most "
                "complete first. One click loads it and opens its modality scores. Codes: T text, B table, "
                "I image, V video, A audio; - = absent.")
     per_row = 4
@@ -86,7 +86,7 @@ def home() -> None:
         cat, built = ak.require_catalog(s, ex)
         if generated:
             st.warning("**Examples: generated.** The shop3k manifest was not found, so the example products are "
-                       "synthetic shapes with tones (core.synth), not real products.")
+                       "synthetic shapes with tones (core.data.synth), not real products.")
         gallery(s, ex, cat, generated)
         cfg = ex.model.cfg
         n_params = sum(p.numel() for p in ex.model.parameters()) / 1e6

@@ -6,7 +6,7 @@ Session state keys (the only state that crosses pages):
     current    str | None       name of the product the pages show (the sidebar's `current_pick` mirrors it)
     compare    str | None       a second product for side-by-side views (Modality scores)
     ckpt_dir, catalog_path, manifest_path, device   sidebar widgets (settings); the three paths are always
-                                resolved paths under the roots (core.roots), checked on every run
+                                resolved paths under the roots (core.explore.roots), checked on every run
     upload_space UploadSpace    this session's upload folder (removed with the session)
 
 Heavy objects (model + backbones, fitted projections, the examples folder) are in st.cache_resource;
@@ -32,10 +32,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import roots as rt
-from core.catalog import Catalog
+from core.explore import roots as rt
+from core.model.catalog import Catalog
 from core.errors import ScaleError
-from core.explorer import UploadSpace, find_train_log, read_train_log
+from core.explore.explorer import UploadSpace
+from core.explore.training_log import find_train_log, read_train_log
 from core.modalities import MODALITIES
 
 ROOT = Path(__file__).resolve().parent
@@ -62,7 +63,7 @@ def _mtime(p: Path | None) -> float:
 
 
 def server_roots() -> list[Path]:
-    """The folders the app may read (core.roots: checkpoints/, ../shared/data, env SCALE_ROOTS)."""
+    """The folders the app may read (core.explore.roots: checkpoints/, ../shared/data, env SCALE_ROOTS)."""
     return rt.configured_roots()
 
 
@@ -117,7 +118,7 @@ def _checked(key: str, default: str, rs: list[Path]) -> str:
 
 def sidebar() -> Settings:
     """Checkpoint, catalog, manifest and device pickers. The choices are what lies under the roots
-    (core.roots); defaults: SCALE_CHECKPOINT / SCALE_CATALOG / SCALE_MANIFEST when they lie under a root,
+    (core.explore.roots); defaults: SCALE_CHECKPOINT / SCALE_CATALOG / SCALE_MANIFEST when they lie under a root,
     else the shipped checkpoint, its catalog.npz and shop3k when it is beside the repo."""
     ss = st.session_state
     rs = server_roots()
@@ -202,7 +203,7 @@ def page(title: str, explanation: str, tab: str | None = None) -> Settings:
 # ---------------------------------------------------------------- cached heavy objects
 @st.cache_resource(show_spinner="Loading the model and the backbones (once per checkpoint and device)…")
 def _explorer(ckpt: str, device: str, mtime: float):
-    from core.explorer import Explorer
+    from core.explore.explorer import Explorer
 
     ex = Explorer.load(ckpt, device)
     try:
@@ -229,7 +230,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
 def how_to_make_checkpoint() -> str:
     return ("Fix: train one and evaluate it, for example\n\n"
             "```\npython -m core.train --manifest ../shared/data/shop3k/manifest.jsonl --out runs/shop3k-small\n"
-            "python -m core.evaluate ...   # writes metrics.json and catalog.npz beside the model\n```\n"
+            "python -m core.eval ...   # writes metrics.json and catalog.npz beside the model\n```\n"
             "then copy the run's model folder to `checkpoints/scale-shop3k-small/` and pick it in the sidebar's "
             "*Checkpoint* list (the server's administrator can add folders with `SCALE_ROOTS`).")
 
@@ -245,14 +246,14 @@ def require_explorer(s: Settings):
     except (ScaleError, OSError, ValueError, KeyError, RuntimeError) as e:
         log.exception("checkpoint %s could not be loaded", s.ckpt_dir)  # the traceback stays on the server
         st.error(f"{label(s.ckpt_dir)}: the checkpoint could not be loaded ({public(str(e))}). Fix: pick a "
-                 "checkpoint written by core.checkpoint.save_checkpoint for this code version.")
+                 "checkpoint written by core.model.checkpoint.save_checkpoint for this code version.")
         st.stop()
 
 
 @st.cache_resource(show_spinner="Writing the generated example products…")
 def generated_examples() -> str:
-    """Manifest of procedural example products (core.synth), written once per server."""
-    from core.synth import make_catalog
+    """Manifest of procedural example products (core.data.synth), written once per server."""
+    from core.data.synth import make_catalog
 
     folder = Path(tempfile.gettempdir()) / "scale-explorer-examples"
     manifest = folder / "manifest.jsonl"
@@ -270,7 +271,7 @@ def examples_manifest(s: Settings) -> tuple[Path, bool]:
 
 @st.cache_data(show_spinner=False)
 def read_products(manifest: str, mtime: float) -> list:
-    from core.records import read_manifest
+    from core.data.records import read_manifest
 
     return read_manifest(manifest, check=False)
 
@@ -284,7 +285,7 @@ def products_of(s: Settings) -> tuple[list, bool]:
 def _built_catalog(ckpt: str, device: str, mtime: float, manifest: str, limit: int) -> Catalog:
     """Used when the checkpoint has no catalog.npz: embed the first `limit` example products."""
     ex = _explorer(ckpt, device, mtime)
-    from core.catalog import embed_products
+    from core.model.catalog import embed_products
 
     prods = read_products(manifest, _mtime(Path(manifest)))[:limit]
     items = []
@@ -325,7 +326,7 @@ def require_catalog(s: Settings, ex) -> tuple[Catalog, bool]:
 def projection(catalog_key: str, kind: str, method: str, dim: int, _X: np.ndarray):
     """Fitted once per (catalog, embedding, method, dim); kept as a resource because uploads are
     placed on it with .transform (UMAP's fitted model is an object, not data)."""
-    from core.projection import fit_projection
+    from core.explore.projection import fit_projection
 
     return fit_projection(_X, method=method, dim=dim, seed=0)
 
@@ -368,7 +369,7 @@ def session_record(s: Settings, examples: Path, generated: bool, prods: dict[str
 
 
 def train_log(s: Settings):
-    """The chosen checkpoint's training log (core.explorer.read_train_log), only when it lies under a root
+    """The chosen checkpoint's training log (core.explore.training_log.read_train_log), only when it lies under a root
     (the reader also looks one and two folders up, for a run's checkpoint)."""
     path = find_train_log(s.ckpt_dir)
     if path is None or not rt.is_allowed(path, server_roots()):
@@ -411,9 +412,9 @@ def load_catalog_product(ex, s: Settings, cat: Catalog | None, p, generated: boo
 
 
 def catalog_match(ex, s: Settings, cat: Catalog, entry: dict):
-    """core.explorer.match_catalog of a session product, kept in its entry per catalog: duplicate flag and
+    """core.explore.explorer.match_catalog of a session product, kept in its entry per catalog: duplicate flag and
     inferred category. An upload without a category takes the inferred one (the user can change it)."""
-    from core.explorer import match_catalog
+    from core.explore.explorer import match_catalog
 
     memo = entry.setdefault("match", {})
     key = catalog_key(s, cat)
@@ -600,11 +601,12 @@ def matrix_json(M: np.ndarray) -> list:
 # ---------------------------------------------------------------- catalog-wide contributions
 def feature_source(s: Settings, cat: Catalog):
     """A FeatureCache holding the catalog's products (env SCALE_FEATURES, else cache/<manifest folder>), or None."""
-    from core.features import FeatureCache
+    from core.data.cache import default_cache_dir
+    from core.data.features import FeatureCache
 
     cands = [os.environ.get("SCALE_FEATURES", "")]
     if s.manifest_path:
-        cands.append(str(ROOT / "cache" / s.manifest_path.parent.name))
+        cands.append(str(default_cache_dir(s.manifest_path)))
     for c in cands:
         if c and (Path(c) / "index.json").is_file():
             try:
@@ -640,7 +642,7 @@ class _LazyFeatures(Mapping):
 def catalog_wide(_ex, _cat: Catalog, key: str, per_category: int, max_categories: int, _s: Settings) -> pd.DataFrame:
     """Mean Shapley (neighbour similarity) per modality per category; features from the cache when there
     is one, else decoded and encoded from the manifest. Either way only the sampled products are read."""
-    from core.contributions import catalog_contributions
+    from core.explore.contributions import catalog_contributions
 
     cats = {str(i): str(c) for i, c in zip(_cat.ids, _cat.categories) if c}
     fc = feature_source(_s, _cat)
@@ -653,12 +655,12 @@ def catalog_wide(_ex, _cat: Catalog, key: str, per_category: int, max_categories
                                  per_category=per_category, max_categories=max_categories)
 
 
-# ---------------------------------------------------------------- catalog check (core.catalog_check)
+# ---------------------------------------------------------------- catalog check (core.explore.catalog_check)
 @st.cache_data(show_spinner="Scoring the catalog's modality pairs…", max_entries=4)
 def catalog_scores(key: str, _cat: Catalog, centred: bool = True):
     """Per-pair S, percentiles and z of every catalog product (numpy on the stored pooled features, no
-    model forward), once per catalog: `key` is catalog_key(s, cat); `centred`: core.catalog_check.s_centred."""
-    from core.catalog_check import catalog_scores as compute
+    model forward), once per catalog: `key` is catalog_key(s, cat); `centred`: core.explore.catalog_check.s_centred."""
+    from core.explore.catalog_check import catalog_scores as compute
 
     return compute(_cat, centred)
 
@@ -667,7 +669,7 @@ def catalog_scores(key: str, _cat: Catalog, centred: bool = True):
 @st.cache_data(show_spinner="Counting the catalog's words (once)…", max_entries=4)
 def word_baselines(_ex, manifest: str, mtime: float, ids: tuple[str, ...]) -> dict[str, str]:
     """Most frequent content word piece of the catalog's texts and of its table values (the baselines)."""
-    from core.explorer import frequency_baseline
+    from core.explore.explorer import frequency_baseline
 
     keep = set(ids)
     prods = [p for p in read_products(manifest, mtime) if p.id in keep]
@@ -681,8 +683,8 @@ def word_baselines(_ex, manifest: str, mtime: float, ids: tuple[str, ...]) -> di
 def reference_errors(_ex, _s: Settings, _cat: Catalog, key: str, n: int = 8) -> dict[str, float]:
     """Median masked-item MSE per modality over up to `n` catalog products (features from the cache, else
     decoded; decoding is slow, so then only 4): the fixed scale and reference line of the charts."""
-    from core.explorer import reference_errors as ref
-    from core.gallery import choose_gallery
+    from core.explore.explorer import reference_errors as ref
+    from core.explore.gallery import choose_gallery
 
     fc = feature_source(_s, _cat)
     if fc is not None:

@@ -2,10 +2,10 @@
 
     python -m core.bench model [--device cpu|cuda|auto] [--batch 32] [--configs small,base] [--iters 5] [--threads N]
     python -m core.bench train [--cache DIR]          training products/s of `small`
-    python -m core.bench train --cache DIR --manifest M [--workers N] [--batch B] [--iters 20]   the same, through core.train
+    python -m core.bench train --cache DIR --manifest M [--workers N] [--batch B] [--iters 20]   the same, through core.train.trainer
     python -m core.bench features --manifest M [--limit 200] [--workers 0,1]   feature build products/s per decode-worker count
     python -m core.bench embed --cache DIR --manifest M   catalog embedding products/s (cached, raw files)
-    python -m core.bench app                          app timings (core.explorer.bench_app)
+    python -m core.bench app                          app timings (core.explore.app_bench: bench_app, gallery_click, catalog_check_render)
     python -m core.bench app --gallery --checkpoint DIR --manifest M [--features CACHE]   home page, then a
         gallery click to the product's scores
     python -m core.bench app --catalog-check NPZ --checkpoint DIR [--manifest M]   only the Catalog check page's
@@ -30,7 +30,7 @@ import torch
 
 def shop_batch(batch: int, cfg, seed: int = 0) -> dict:
     """A random batch shaped like shop3k products, built by the real collate (15% masking)."""
-    from .dataset import Collator
+    from .data.dataset import Collator
 
     rng = np.random.default_rng(seed)
     dims = cfg.feature_dims
@@ -85,9 +85,9 @@ def count_flops(fn) -> int:
 
 
 def bench_model(name: str, device: torch.device, batch: int, iters: int) -> dict:
-    from .config import get_config
-    from .dataset import batch_to
-    from .model import SCALE
+    from .model.config import get_config
+    from .data.dataset import batch_to
+    from .model.scale import SCALE
 
     cfg = get_config(name)
     model = SCALE(cfg).to(device).train()
@@ -128,7 +128,7 @@ def bench_model(name: str, device: torch.device, batch: int, iters: int) -> dict
 
 
 def cmd_model(args: argparse.Namespace) -> dict:
-    from .backbones import resolve_device, set_offline
+    from .data.backbones import resolve_device, set_offline
 
     set_offline()
     device = resolve_device(args.device)
@@ -142,13 +142,13 @@ def cmd_model(args: argparse.Namespace) -> dict:
 
 
 def bench_trainer(args: argparse.Namespace) -> dict:
-    """core.train itself (its data path, length-grouped batches, optimizer, metrics) for --iters steps of
+    """core.train.trainer itself (its data path, length-grouped batches, optimizer, metrics) for --iters steps of
     `small` into a temporary run folder: products/s between the end of step 1 (warm-up) and the last."""
     import shutil
     import tempfile
     from pathlib import Path
 
-    from .train import TrainArgs, train
+    from .train.trainer import TrainArgs, train
 
     run = Path(tempfile.mkdtemp(prefix="scale-bench-train-"))
     try:
@@ -165,7 +165,7 @@ def bench_trainer(args: argparse.Namespace) -> dict:
     products = sum(r["products"] for r in recs[1:])
     dt, cpu = recs[-1]["t"] - recs[0]["t"], recs[-1]["cpu_t"] - recs[0]["cpu_t"]
     return {"device": args.device, "threads": torch.get_num_threads(), "batch": args.batch, "data": args.cache,
-            "path": "core.train", "workers": args.workers, "steps_timed": len(recs) - 1,
+            "path": "core.train.trainer", "workers": args.workers, "steps_timed": len(recs) - 1,
             "step_s_mean": round(dt / max(1, len(recs) - 1), 3), "products_per_s": round(products / dt, 2),
             "cpu_s_per_product": round(cpu / products, 4), "products_per_cpu_s": round(products / cpu, 2),
             "wall_s_with_setup_and_final_save": round(wall, 1)}
@@ -173,15 +173,15 @@ def bench_trainer(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> dict:
     """Training throughput (products/s) of `small`: real optimizer steps on shop3k-shaped batches,
-    or on the feature cache's products when --cache is given (through core.train with --manifest)."""
+    or on the feature cache's products when --cache is given (through core.train.trainer with --manifest)."""
     if args.manifest:
         if not args.cache:
             raise SystemExit("error: train --manifest needs --cache (the feature cache of that manifest).")
         return bench_trainer(args)
-    from .backbones import resolve_device, set_offline
-    from .config import get_config
-    from .dataset import Collator, FeatureDataset, batch_to
-    from .model import SCALE
+    from .data.backbones import resolve_device, set_offline
+    from .model.config import get_config
+    from .data.dataset import Collator, FeatureDataset, batch_to
+    from .model.scale import SCALE
 
     set_offline()
     device = resolve_device(args.device)
@@ -190,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     model = SCALE(cfg).to(device).train()
     opt = model.configure_optimizers(3e-4, 0.01)
     if args.cache:
-        from .features import FeatureCache
+        from .data.features import FeatureCache
 
         cache = FeatureCache(args.cache)
         ds = FeatureDataset(cache, cache.keys()[: args.batch * (args.iters + 1)])
@@ -225,8 +225,8 @@ def cmd_features(args: argparse.Namespace) -> dict:
     import tempfile
     from pathlib import Path
 
-    from .backbones import set_offline
-    from .features import build_cache
+    from .data.backbones import set_offline
+    from .data.features import build_cache
 
     set_offline()
     out: dict = {"device": args.device, "threads": torch.get_num_threads(), "limit": args.limit, "runs": []}
@@ -246,12 +246,12 @@ def cmd_features(args: argparse.Namespace) -> dict:
 def cmd_embed(args: argparse.Namespace) -> dict:
     """Embedding speed: from cached features (products/s), and end to end from raw files
     (decode + backbones + model) on the manifest's first products."""
-    from .backbones import set_offline
-    from .catalog import embed_products
-    from .checkpoint import load_checkpoint
-    from .featurize import Featurizer
-    from .features import FeatureCache
-    from .records import read_manifest
+    from .data.backbones import set_offline
+    from .model.catalog import embed_products
+    from .model.checkpoint import load_checkpoint
+    from .data.featurize import Featurizer
+    from .data.features import FeatureCache
+    from .data.records import read_manifest
 
     set_offline()
     model = load_checkpoint(args.checkpoint, args.device)
@@ -276,7 +276,7 @@ def cmd_embed(args: argparse.Namespace) -> dict:
 
 
 def cmd_app(args: argparse.Namespace) -> dict:
-    from .explorer import bench_app
+    from .explore.app_bench import bench_app, catalog_check_render, gallery_click
 
     if args.catalog_check:
         return catalog_check_render(args.catalog_check, args.checkpoint, args.manifest)
@@ -285,111 +285,14 @@ def cmd_app(args: argparse.Namespace) -> dict:
     return bench_app(args.checkpoint, args.catalog_size, args.device)
 
 
-_RENDER = """
-import json, sys, time
-t = time.perf_counter()
-import appkit, core.catalog_check, core.explorer  # what any first page of a new server imports (torch included)
-from streamlit.testing.v1 import AppTest
-imports = time.perf_counter() - t
-t = time.perf_counter()
-at = AppTest.from_file(sys.argv[1], default_timeout=300)
-at.run()
-first = time.perf_counter() - t
-t = time.perf_counter()
-at.run()
-again = time.perf_counter() - t
-print(json.dumps({"imports_s": round(imports, 2), "first_render_s": round(first, 2), "rerun_s": round(again, 2), "rows_shown": len(at.dataframe[0].value),
-                  "exception": [str(e.value) for e in at.exception], "errors": [e.value for e in at.error]}))
-"""
-
-
-def catalog_check_render(catalog: str, checkpoint: str | None, manifest: str | None) -> dict:
-    """The Catalog check page opened first in a fresh interpreter (empty caches: catalog load, manifest join,
-    per-pair scores, thumbnails), then rerun; AppTest measures script execution, not browser painting.
-    `imports_s` (appkit, torch, core) is reported apart: a server pays it once, for whichever page opens first."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    paths = [Path(catalog).resolve()] + ([Path(checkpoint).resolve()] if checkpoint else []) + (
-        [Path(manifest).resolve()] if manifest else [])
-    env = dict(os.environ, SCALE_CATALOG=str(paths[0]),
-               SCALE_ROOTS=os.pathsep.join(filter(None, [os.environ.get("SCALE_ROOTS")] + [str(p.parent) for p in paths])))
-    if checkpoint:
-        env["SCALE_CHECKPOINT"] = str(Path(checkpoint).resolve())
-    if manifest:
-        env["SCALE_MANIFEST"] = str(Path(manifest).resolve())
-    run = subprocess.run([sys.executable, "-c", _RENDER, str(root / "pages" / "8_Catalog_check.py")], env=env, cwd=root,
-                         capture_output=True, text=True, timeout=600)
-    if run.returncode:
-        return {"error": run.stderr[-2000:]}
-    import numpy as _np
-
-    with _np.load(catalog, allow_pickle=False) as z:
-        n = len(z["ids"])
-    return dict(json.loads(run.stdout.strip().splitlines()[-1]), catalog_products=n)
-
-
-_GALLERY = """
-import json, sys, time
-from streamlit.testing.v1 import AppTest
-def home():
-    at = AppTest.from_file(sys.argv[1], default_timeout=600)
-    at.run()
-    return at, [b.key for b in at.button if str(b.key or "").startswith("gal_")]
-t = time.perf_counter()
-at, keys = home()  # a new session: the process's model cache is shared, as on a server
-first_home = time.perf_counter() - t
-if not keys:
-    raise SystemExit("no gallery on the home page: the manifest has no val product in the catalog")
-clicks = []
-for k in keys[:3]:  # three products, each in a fresh session: the first click and the median
-    at, _ = home()
-    t = time.perf_counter()
-    [x for x in at.button if x.key == k][0].click()
-    at.run()
-    clicks.append(time.perf_counter() - t)
-    if at.exception:
-        raise SystemExit("app raised: " + at.exception[0].value)
-print(json.dumps({"home_s": round(first_home, 2), "gallery_click_to_S_s": round(sorted(clicks)[len(clicks) // 2], 2),
-                  "clicks_s": [round(c, 2) for c in clicks], "page_after_click": at.title[0].value}))
-"""
-
-
-def gallery_click(checkpoint: str | None, manifest: str | None, features: str | None) -> dict:
-    """The demo path in a fresh interpreter: the home page (model load included), then a click on a gallery
-    product until its Modality scores page has run (product loaded, features from the cache when `features`
-    holds it, one forward pass, S against the catalog). AppTest measures script execution, not painting."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    if not (checkpoint and manifest):
-        return {"error": "--gallery needs --checkpoint DIR and --manifest M (a manifest with val products)"}
-    root = Path(__file__).resolve().parents[1]
-    ck, mf = Path(checkpoint).resolve(), Path(manifest).resolve()
-    env = dict(os.environ, SCALE_CHECKPOINT=str(ck), SCALE_CATALOG=str(ck / "catalog.npz"), SCALE_MANIFEST=str(mf),
-               SCALE_ROOTS=os.pathsep.join(filter(None, [os.environ.get("SCALE_ROOTS"), str(ck.parent), str(mf.parent)])))
-    if features:
-        env["SCALE_FEATURES"] = str(Path(features).resolve())
-    run = subprocess.run([sys.executable, "-c", _GALLERY, str(root / "app.py")], env=env, cwd=root,
-                         capture_output=True, text=True, timeout=1200)
-    if run.returncode:
-        return {"error": run.stderr[-2000:]}
-    return json.loads(run.stdout.strip().splitlines()[-1])
-
-
 def cmd_swap(args: argparse.Namespace) -> dict:
-    """core.catalog_check.swap_benchmark on the split's products read from the feature cache."""
-    from .backbones import set_offline
-    from .catalog_check import swap_benchmark
-    from .checkpoint import load_checkpoint
+    """core.explore.catalog_check.swap_benchmark on the split's products read from the feature cache."""
+    from .data.backbones import set_offline
+    from .explore.catalog_check import swap_benchmark
+    from .model.checkpoint import load_checkpoint
     from .errors import ScaleError
-    from .features import FeatureCache
-    from .records import read_manifest
+    from .data.features import FeatureCache
+    from .data.records import read_manifest
 
     set_offline()
     if args.threads:
@@ -400,7 +303,7 @@ def cmd_swap(args: argparse.Namespace) -> dict:
                 if (args.split == "all" or p.split == args.split) and p.id in cache]
     if len(products) < 20:
         raise ScaleError(f"{args.manifest}: only {len(products)} products of split {args.split!r} are in the cache "
-                         f"{args.cache}. Fix: pass the cache built from this manifest (python -m core.features build) "
+                         f"{args.cache}. Fix: pass the cache built from this manifest (python -m core.data.features build) "
                          "or another --split.")
     items = [dict(cache[p.id], id=p.id) for p in products]
     t = time.perf_counter()
@@ -415,7 +318,7 @@ def synthetic_catalog(n: int, dim: int, clusters: int, seed: int, start: int = 0
     """Rows start..start+n of a seeded catalog: a Gaussian mixture of `clusters` unit centres, uneven
     cluster sizes and spreads, rows L2-normalized float32. Rows are drawn in 65,536-row blocks with their
     own seeds, so any slice is the same whatever the chunking."""
-    from .metrics import l2n
+    from .eval.metrics import l2n
 
     rng = np.random.default_rng(seed)
     centres = l2n(rng.standard_normal((clusters, dim))).astype(np.float32)
@@ -443,7 +346,7 @@ def _rss_mb() -> tuple[float, float]:
 
 
 def cmd_ann(args: argparse.Namespace) -> dict:
-    """A synthetic catalog written chunk by chunk to a memory-mapped store, indexed by core.ann (build
+    """A synthetic catalog written chunk by chunk to a memory-mapped store, indexed by core.explore.ann (build
     time, tuned nprobe / efSearch), then timed one query at a time against exact search (recall@k)."""
     import shutil
     import tempfile
@@ -451,8 +354,8 @@ def cmd_ann(args: argparse.Namespace) -> dict:
 
     import faiss
 
-    from .ann import AnnIndex, exact_search, recall_at_k
-    from .catalog_store import EmbeddingStore, StoreWriter
+    from .explore.ann import AnnIndex, exact_search, recall_at_k
+    from .explore.catalog_store import EmbeddingStore, StoreWriter
 
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
@@ -537,8 +440,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--cache", default=None, help="feature cache folder (default: random shop3k-shaped batches)")
-    p.add_argument("--manifest", default=None, help="with --cache: time core.train itself on its train split")
-    p.add_argument("--workers", type=int, default=-1, help="core.train's DataLoader workers (-1: its default)")
+    p.add_argument("--manifest", default=None, help="with --cache: time core.train.trainer itself on its train split")
+    p.add_argument("--workers", type=int, default=-1, help="core.train.trainer's DataLoader workers (-1: its default)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("features", help="feature cache build products/s, per decode-worker count")
     p.add_argument("--manifest", required=True)
@@ -587,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("swap", help="Catalog check: swapped modalities found in the ranking's top 5%%")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--manifest", required=True)
-    p.add_argument("--cache", required=True, help="feature cache of the manifest (python -m core.features build)")
+    p.add_argument("--cache", required=True, help="feature cache of the manifest (python -m core.data.features build)")
     p.add_argument("--split", default="val", help="val | train | all")
     p.add_argument("--fraction", type=float, default=0.05, help="share of products swapped, and the top cut")
     p.add_argument("--seeds", type=int, default=3)

@@ -70,7 +70,7 @@ with up_tab:
 with ex_tab:
     prods, generated = ak.products_of(s)
     if generated:
-        st.warning("These examples are **generated** (core.synth: coloured shapes, spinning-shape videos and tones), "
+        st.warning("These examples are **generated** (core.data.synth: coloured shapes, spinning-shape videos and tones), "
                    "not real products, because the shop3k manifest was not found.")
     labels = [f"{p.title or p.id} · {p.category or 'no category'} · {p.id}" for p in prods]
     pick = st.selectbox("Example", range(len(prods)), format_func=lambda i: labels[i], key="example_pick")

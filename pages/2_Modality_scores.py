@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import appkit as ak
-from core.catalog_check import matrix_percentiles, s_centred, takeaway
+from core.explore.catalog_check import matrix_percentiles, s_centred, takeaway
 from core.modalities import MODALITIES
 
 s = ak.page("Modality scores S and S′",

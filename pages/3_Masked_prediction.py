@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import appkit as ak
-from core.explorer import content_positions, value_entities
+from core.explore.explorer import content_positions, value_entities
 
 s = ak.page("Masked prediction",
             "Hide parts of the product and let the model fill them in from everything else (its own modality and "

@@ -13,9 +13,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import appkit as ak
-from core.metrics import l2n
+from core.eval.metrics import l2n
 from core.modalities import MODALITIES
-from core.projection import nearest
+from core.explore.projection import nearest
 
 s = ak.page("Embedding map",
             "Each dot is a catalog product, placed by a 2-D/3-D projection of its embedding (fused, or one modality's "

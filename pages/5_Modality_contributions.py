@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import appkit as ak
-from core.contributions import modality_contributions
+from core.explore.contributions import modality_contributions
 
 s = ak.page("Modality contributions",
             "How much each modality of the current product contributes to (a) its mean cosine similarity with its "

@@ -12,10 +12,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import appkit as ak
-from core.contributions import present_of
-from core.explorer import LOW_COSINE
+from core.modalities import present_names
+from core.explore.explorer import LOW_COSINE
 from core.modalities import MODALITIES
-from core.projection import nearest
+from core.explore.projection import nearest
 
 s = ak.page("Retrieval",
             "The query is the current product restricted to the modalities you tick (the model runs on only those; "
@@ -41,7 +41,7 @@ if match.duplicate_id is not None:
     q2.caption(f"Also in the catalog as `{match.duplicate_id}` (cosine {match.duplicate_cosine:.4f}): left out of "
                "the results, so it is not its own rank-1 match.")
 
-have = present_of(feats)
+have = present_names(feats)
 c1, c2, c3 = st.columns([2, 1, 1])
 qkey = f"rt_query:{name}"  # the choice depends on what this product has
 if qkey not in st.session_state:

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import appkit as ak
-from core.explorer import default_smoothing, loss_curve
+from core.explore.training_log import default_smoothing, loss_curve
 from core.modalities import MODALITIES
 
 s = ak.page("Training",
@@ -105,7 +105,7 @@ if mpath.is_file():
     except json.JSONDecodeError as e:
         st.error(f"{ak.label(mpath)}: not valid JSON ({e.msg}). Fix: re-run the evaluator.")
 else:
-    st.info(f"{ak.label(mpath)} not found: the evaluator writes it (python -m core.evaluate).")
+    st.info(f"{ak.label(mpath)} not found: the evaluator writes it (python -m core.eval).")
 if cpath.is_file():
     with st.expander("Model card (card.md)", expanded=False):
         st.markdown(cpath.read_text(encoding="utf-8", errors="replace"))

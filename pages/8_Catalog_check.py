@@ -1,4 +1,4 @@
-"""Catalog check: every catalog product ranked by its least typical modality agreement (core.catalog_check)."""
+"""Catalog check: every catalog product ranked by its least typical modality agreement (core.explore.catalog_check)."""
 from __future__ import annotations
 
 import base64
@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: pages
 import streamlit as st
 
 import appkit as ak
-from core.catalog_check import PAIR_NAMES, ranking_csv, rank_catalog, s_centred
-from core.checkpoint import read_checkpoint_config
+from core.explore.catalog_check import PAIR_NAMES, ranking_csv, rank_catalog, s_centred
+from core.model.checkpoint import read_checkpoint_config
 from core.errors import ScaleError
 
 s = ak.page("Catalog check",

@@ -1,6 +1,6 @@
 """A tiny, randomly initialized SCALE checkpoint with a catalog of generated products, for the app tests.
 
-It is built for real (core.synth media -> Featurizer -> a few optimizer steps -> save_checkpoint ->
+It is built for real (core.data.synth media -> Featurizer -> a few optimizer steps -> save_checkpoint ->
 embed_products), so the tests pass on a fresh clone without the shipped checkpoint. Nothing here is
 a hard-coded result: the training log and metrics.json are what the tiny run produced.
 """
@@ -29,15 +29,15 @@ class TinySetup:
 
 
 def build_tiny(root: Path, featurizer, n: int = 9, steps: int = 3) -> TinySetup:
-    from core.catalog import embed_products
-    from core.checkpoint import save_checkpoint
-    from core.config import get_config
-    from core.dataset import Collator
-    from core.metrics import retrieval_scores
-    from core.model import SCALE
-    from core.records import read_manifest
-    from core.synth import make_catalog
-    from core.train import step_record
+    from core.model.catalog import embed_products
+    from core.model.checkpoint import save_checkpoint
+    from core.model.config import get_config
+    from core.data.dataset import Collator
+    from core.eval.metrics import retrieval_scores
+    from core.model.scale import SCALE
+    from core.data.records import read_manifest
+    from core.data.synth import make_catalog
+    from core.train.trainer import step_record
 
     root = Path(root)
     manifest = make_catalog(root / "synth", n=n, video_seconds=2.0, audio_seconds=2.0)
@@ -87,7 +87,7 @@ def tiny_setup(featurizer) -> TinySetup:
 
 
 def load_tiny_model(setup: TinySetup):
-    from core.checkpoint import load_checkpoint
+    from core.model.checkpoint import load_checkpoint
 
     return load_checkpoint(setup.checkpoint, "cpu").eval()
 

@@ -12,14 +12,14 @@ SHOP3K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "shop3
 @pytest.fixture(scope="session")
 def synth_catalog(tmp_path_factory) -> Path:
     """Manifest of 6 generated products with real media files (PNG, MP4+AAC, WAV)."""
-    from core.synth import make_catalog
+    from core.data.synth import make_catalog
 
     return make_catalog(tmp_path_factory.mktemp("synth"), n=6, video_seconds=2.0, audio_seconds=2.0)
 
 
 @pytest.fixture(scope="session")
 def featurizer():
-    from core.featurize import Featurizer
+    from core.data.featurize import Featurizer
 
     return Featurizer(device="cpu")
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import get_config
-from core.dataset import Collator
+from core.model.config import get_config
+from core.data.dataset import Collator
 from core.modalities import MODALITIES
 
 LAYERS1 = {m: 1 for m in MODALITIES}

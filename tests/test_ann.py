@@ -1,4 +1,4 @@
-"""core.ann (FAISS indexes by cosine) and core.catalog_store (memory-mapped embedding store)."""
+"""core.explore.ann (FAISS indexes by cosine) and core.explore.catalog_store (memory-mapped embedding store)."""
 from __future__ import annotations
 
 import threading
@@ -6,9 +6,9 @@ import threading
 import numpy as np
 import pytest
 
-import core.ann as ann
-from core.ann import AnnIndex, exact_search, recall_at_k
-from core.catalog_store import EmbeddingStore, StoreWriter, write_store
+import core.explore.ann as ann
+from core.explore.ann import AnnIndex, exact_search, recall_at_k
+from core.explore.catalog_store import EmbeddingStore, StoreWriter, write_store
 from core.errors import ScaleError
 
 
@@ -234,9 +234,9 @@ def test_bench_catalog_is_the_same_whatever_the_chunking():
 
 
 def test_a_catalog_goes_to_a_store_and_an_index_by_product_id(tmp_path, data):
-    from core.ann import catalog_index
-    from core.catalog import Catalog
-    from core.catalog_store import store_from_catalog
+    from core.explore.ann import catalog_index
+    from core.model.catalog import Catalog
+    from core.explore.catalog_store import store_from_catalog
     from core.modalities import MODALITIES
 
     X = data[0][:40]

@@ -23,13 +23,13 @@ PAGES = ["1_Upload_and_inspect", "2_Modality_scores", "3_Masked_prediction", "4_
 
 @pytest.fixture(scope="module")
 def setup(featurizer):
-    with app_environment(tiny_setup(featurizer)) as s:  # the app reads only under its roots (core.roots)
+    with app_environment(tiny_setup(featurizer)) as s:  # the app reads only under its roots (core.explore.roots)
         yield s
 
 
 @pytest.fixture(scope="module")
 def explorer(setup):
-    from core.explorer import Explorer
+    from core.explore.explorer import Explorer
 
     return Explorer.load(setup.checkpoint, "cpu")
 

@@ -87,7 +87,7 @@ def _no_exception(page, where: str) -> None:
 def test_browser_upload_and_every_page(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from core.synth import COLORS, spin_frames, tone, write_image, write_video, draw_shape
+    from core.data.synth import COLORS, spin_frames, tone, write_image, write_video, draw_shape
 
     url, _ = server
     OUT.mkdir(exist_ok=True)
@@ -180,10 +180,10 @@ def test_eight_browser_sessions_at_once_each_get_their_own_S(server, tmp_path):
     computed for the same upload alone, and the server's peak RSS must stay under 3 GB."""
     from playwright.sync_api import sync_playwright
 
-    from core.catalog import Catalog
-    from core.catalog_check import catalog_scores, s_centred, takeaway
-    from core.explorer import Explorer
-    from core.synth import COLORS, draw_shape, write_image
+    from core.model.catalog import Catalog
+    from core.explore.catalog_check import catalog_scores, s_centred, takeaway
+    from core.explore.explorer import Explorer
+    from core.data.synth import COLORS, draw_shape, write_image
 
     url, setup = server
     shapes = [(s, c) for s in ("circle", "square", "triangle", "star") for c in ("red", "blue")]

@@ -1,12 +1,14 @@
-"""core.catalog: embed_products, the .npz round trip, embedding kinds, manifest join."""
+"""core.model.catalog: embed_products, the .npz round trip, embedding kinds, manifest join."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core.catalog import Catalog, embed_products, forward_items
+from core.model.catalog import Catalog, embed_products
+
+from core.model.inference import forward_items
 from core.errors import ScaleError
-from core.metrics import l2n
+from core.eval.metrics import l2n
 from core.modalities import MODALITIES
 
 

@@ -1,4 +1,4 @@
-"""Catalog check (core/catalog_check.py, pages/8_Catalog_check.py) and S against the catalog on Modality scores."""
+"""Catalog check (core/explore/catalog_check.py, pages/8_Catalog_check.py) and S against the catalog on Modality scores."""
 from __future__ import annotations
 
 import io
@@ -11,8 +11,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_fixtures import app_environment
-from core.catalog import Catalog
-from core.catalog_check import (CSV_COLUMNS, PAIR_NAMES, catalog_scores, matrix_percentiles, pair_scores,
+from core.model.catalog import Catalog
+from core.explore.catalog_check import (CSV_COLUMNS, PAIR_NAMES, catalog_scores, matrix_percentiles, pair_scores,
                                 rank_catalog, ranking_csv, s_centred, swap_benchmark, takeaway)
 from core.errors import ScaleError
 from core.modalities import INDEX, MODALITIES
@@ -56,7 +56,7 @@ def test_pair_scores_are_centred_cosines_and_nan_where_absent():
 
 
 def test_s_centred_follows_the_models_rule():
-    from core.config import ModelConfig
+    from core.model.config import ModelConfig
 
     assert s_centred(ModelConfig()) and s_centred({})  # the defaults centre S
     assert not s_centred(ModelConfig(center_harmony=False)) and not s_centred({"center_fusion": False})
@@ -139,7 +139,7 @@ def app_env(setup):
 
 
 def test_numpy_scores_match_the_models_S(setup, model):
-    from core.catalog import forward_items
+    from core.model.inference import forward_items
 
     cat = Catalog.load(setup.catalog)
     S = pair_scores(cat, s_centred(model.cfg))
@@ -229,6 +229,6 @@ def test_modality_scores_puts_S_against_the_catalog_and_compares(app_env, explor
 
 @pytest.fixture(scope="module")
 def explorer_tiny(setup):
-    from core.explorer import Explorer
+    from core.explore.explorer import Explorer
 
     return Explorer.load(setup.checkpoint, "cpu")

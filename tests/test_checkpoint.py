@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
+from core.model.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
 from core.errors import CheckpointError
-from core.model import SCALE
+from core.model.scale import SCALE
 from scale_testkit import collate, one_thread, products, tiny  # noqa: F401  (one_thread: autouse)
 
 

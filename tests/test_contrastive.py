@@ -4,7 +4,7 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from core.contrastive import contrastive_loss, gather_with_grad, info_nce
+from core.model.contrastive import contrastive_loss, gather_with_grad, info_nce
 from scale_testkit import one_thread  # noqa: F401  (autouse)
 
 

@@ -1,4 +1,4 @@
-"""core.contributions: exact Shapley (efficiency, brute force), leave-one-out, attention shares."""
+"""core.explore.contributions: exact Shapley (efficiency, brute force), leave-one-out, attention shares."""
 from __future__ import annotations
 
 import itertools
@@ -7,10 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from core.catalog import Catalog, forward_items
-from core.contributions import (average_precision, catalog_contributions, leave_one_out, modality_contributions,
+from core.model.catalog import Catalog
+
+from core.model.inference import forward_items
+from core.explore.contributions import (average_precision, catalog_contributions, leave_one_out, modality_contributions,
                                 shapley_values, subset_features)
-from core.metrics import l2n, retrieval_scores
+from core.eval.metrics import l2n, retrieval_scores
 from core.modalities import MODALITIES
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import featurize
-from core.checkpoint import load_checkpoint, save_checkpoint
+from core.data import featurize
+from core.model.checkpoint import load_checkpoint, save_checkpoint
 from core.errors import CacheError, CheckpointError, ScaleError
-from core.features import FeatureCache, build_cache
-from core.model import SCALE
-from core.records import Product, write_manifest
-from core.synth import draw_shape, write_image
+from core.data.features import FeatureCache, build_cache
+from core.model.scale import SCALE
+from core.data.records import Product, write_manifest
+from core.data.synth import draw_shape, write_image
 from scale_testkit import one_thread, tiny  # noqa: F401  (one_thread: autouse)
 
 TINY = {"hidden": 64, "heads": 4, "jct_layers": 1, "init_text_from_pretrained": False, "dropout": 0.0,
@@ -120,7 +120,7 @@ def test_bad_config_values_name_the_field(tmp_path, field, value):
 
 
 def test_config_errors_are_scale_errors_naming_the_field():
-    from core.config import get_config
+    from core.model.config import get_config
 
     with pytest.raises(ScaleError, match=r"'jct_heads' must be an integer >= 0, got int -1"):
         get_config("small", jct_heads=-1)
@@ -129,7 +129,7 @@ def test_config_errors_are_scale_errors_naming_the_field():
 
 
 def test_huge_vocab_refused_before_the_model_is_allocated(tmp_path, monkeypatch):
-    import core.checkpoint as C
+    import core.model.checkpoint as C
 
     ck = saved_tiny(tmp_path)
     meta = json.loads((ck / "config.json").read_text())
@@ -162,7 +162,7 @@ def train_setup(tmp_path_factory, featurizer):
 
 
 def run_train(train_setup, out: Path, **kw):
-    from core import train as T
+    from core.train import trainer as T
 
     manifest, cfg, cache = train_setup
     args = dict(manifest=str(manifest), out=str(out), config=str(cfg), cache=str(cache), batch_size=2,
@@ -186,7 +186,7 @@ def test_resume_without_checkpoint_restarts_metrics(train_setup, tmp_path, capsy
 
 
 def test_resume_falls_back_to_the_intact_checkpoint(train_setup, tmp_path, capsys):
-    from core.train import latest_checkpoint
+    from core.train.trainer import latest_checkpoint
 
     run = tmp_path / "run"
     run_train(train_setup, run)
@@ -205,7 +205,7 @@ def test_resume_falls_back_to_the_intact_checkpoint(train_setup, tmp_path, capsy
 
 
 def test_resume_skips_a_checkpoint_with_truncated_trainer_state(train_setup, tmp_path):
-    from core.train import latest_checkpoint
+    from core.train.trainer import latest_checkpoint
 
     run = tmp_path / "run"
     run_train(train_setup, run)

@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from core.dataset import Collator
-from core.masking import IGNORE, entity_mask, item_mask, mlm_mask
+from core.data.dataset import Collator
+from core.data.masking import IGNORE, entity_mask, item_mask, mlm_mask
 
 SPECIAL = frozenset({0, 100, 101, 102, 103})
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def setup(featurizer):
-    with app_environment(tiny_setup(featurizer)) as s:  # the app reads only under its roots (core.roots)
+    with app_environment(tiny_setup(featurizer)) as s:  # the app reads only under its roots (core.explore.roots)
         yield s
 
 
@@ -43,8 +43,8 @@ def open_first_gallery_product(at: AppTest) -> str:
 
 # ---------------------------------------------------------------- 3. one-click demo
 def test_gallery_rule_picks_only_held_out_products_one_per_broad_category():
-    from core.gallery import choose_gallery
-    from core.records import Product
+    from core.explore.gallery import choose_gallery
+    from core.data.records import Product
 
     def P(i, cat, split, n_mod=5):
         return Product(id=i, title="t", category=cat, split=split, images=["x.jpg"],
@@ -94,7 +94,7 @@ def test_upload_form_and_choices_survive_a_page_switch(setup):
 
 # ---------------------------------------------------------------- 4. masked prediction
 def test_default_masks_are_content_words_and_word_values():
-    from core.explorer import content_positions, value_entities
+    from core.explore.explorer import content_positions, value_entities
 
     toks = [(1, "ken"), (2, "##ob"), (3, "i"), (4, "trail"), (5, "-"), (6, "the"), (7, "jacket"), (8, "s")]
     got = content_positions(toks, n=2)
@@ -127,8 +127,8 @@ def test_masked_page_defaults_baseline_and_drop_mode_statement(setup):
 
 # ---------------------------------------------------------------- 5. uploads against the catalog
 def test_match_catalog_flags_a_duplicate_and_infers_the_category(setup):
-    from core.catalog import Catalog
-    from core.explorer import match_catalog
+    from core.model.catalog import Catalog
+    from core.explore.explorer import match_catalog
 
     cat = Catalog.load(setup.catalog)
     m = match_catalog(cat.fused[0] + 1e-6, cat, "upload-123")
@@ -192,7 +192,7 @@ def test_duplicate_upload_is_flagged_and_left_out_of_its_retrieval(setup):
 
 
 def test_retrieval_shows_the_query_and_warns_on_weak_matches(setup, monkeypatch):
-    import core.explorer as ce
+    import core.explore.explorer as ce
 
     at = new_app()
     open_first_gallery_product(at)
@@ -208,7 +208,7 @@ def test_retrieval_shows_the_query_and_warns_on_weak_matches(setup, monkeypatch)
 
 # ---------------------------------------------------------------- 8. training page
 def test_loss_curve_leaves_absent_batches_out():
-    from core.explorer import loss_curve
+    from core.explore.training_log import loss_curve
 
     y = loss_curve(np.array([2.0, 0.0, 4.0, 0.0]), 1)
     assert np.isnan(y[1]) and np.isnan(y[3]) and y[0] == 2.0 and y[2] == 4.0
@@ -267,9 +267,9 @@ def test_map_colours_lasso_markers_and_method_remembered(setup):
 
 
 def test_contributions_headline_names_the_top_modality_and_one_default_metric(setup):
-    from core.catalog import Catalog
-    from core.contributions import modality_contributions
-    from core.explorer import Explorer
+    from core.model.catalog import Catalog
+    from core.explore.contributions import modality_contributions
+    from core.explore.explorer import Explorer
 
     at = new_app()
     open_first_gallery_product(at)
@@ -291,7 +291,7 @@ def test_contributions_headline_names_the_top_modality_and_one_default_metric(se
 
 
 def test_bench_times_a_gallery_click_to_the_scores(setup):
-    from core.bench import gallery_click
+    from core.explore.app_bench import gallery_click
 
     r = gallery_click(str(setup.checkpoint), str(setup.manifest), None)
     assert "error" not in r, r.get("error")

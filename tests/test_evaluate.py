@@ -8,7 +8,7 @@ from app_fixtures import tiny_setup
 
 
 def test_evaluate_on_unseen_manifest(tmp_path, featurizer):
-    from core.evaluate import main
+    from core.eval.evaluate import main
 
     s = tiny_setup(featurizer)
     out = tmp_path / "eval.json"
@@ -46,7 +46,7 @@ def test_evaluate_on_unseen_manifest(tmp_path, featurizer):
 
 
 def test_bad_subset_is_a_clear_error(tmp_path, featurizer, capsys):
-    from core.evaluate import main
+    from core.eval.evaluate import main
 
     s = tiny_setup(featurizer)
     assert main(["--checkpoint", str(s.checkpoint), "--manifest", str(s.manifest), "--split", "all",
@@ -55,9 +55,9 @@ def test_bad_subset_is_a_clear_error(tmp_path, featurizer, capsys):
 
 
 def test_release_packages_a_run(tmp_path, featurizer):
-    from core.catalog import Catalog
-    from core.checkpoint import load_checkpoint
-    from core.release import release
+    from core.model.catalog import Catalog
+    from core.model.checkpoint import load_checkpoint
+    from core.train.release import release
 
     s = tiny_setup(featurizer)
     run = tmp_path / "run"

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from core.dataset import Collator, FeatureDataset
-from core.features import FeatureCache, build_cache
-from core.records import Product, read_manifest
+from core.data.dataset import Collator, FeatureDataset
+from core.data.features import FeatureCache, build_cache
+from core.data.records import Product, read_manifest
 
 
 def test_featurize_all_modalities(synth_catalog, featurizer):
@@ -79,3 +79,12 @@ def test_shop3k_first_products(tmp_path, shop3k_manifest):
     cache = FeatureCache(tmp_path / "c")
     batch = Collator(seed=0)([FeatureDataset(cache)[i] for i in range(4)])
     assert batch["image"]["feats"].shape[-1] == 1280 and batch["text"]["present"].all()
+
+
+def test_default_cache_dir_is_the_manifest_folder_beside_the_repo(tmp_path):
+    """One convention (README commands, trainer, evaluator, release, app): cache/<manifest folder name>."""
+    from core.data.cache import REPO, default_cache_dir
+
+    m = tmp_path / "shopx" / "products.jsonl"
+    assert default_cache_dir(m) == REPO / "cache" / "shopx"
+    assert (REPO / "core" / "data" / "cache.py").is_file()

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core import media
-from core.backbones import load_tokenizer, tokenize_table, tokenize_text
+from core.data import media
+from core.data.backbones import load_tokenizer, tokenize_table, tokenize_text
 from core.errors import ScaleError
-from core.synth import draw_shape, spin_frames, tone, write_audio, write_video
+from core.data.synth import draw_shape, spin_frames, tone, write_audio, write_video
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from core.errors import RecordError
-from core.importers import html_to_text, import_export
-from core.records import read_manifest
-from core.synth import COLORS, draw_shape, write_image
+from core.data.importers import html_to_text, import_export
+from core.data.records import read_manifest
+from core.data.synth import COLORS, draw_shape, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 DEAD_URL = "http://127.0.0.1:9/cdn/unreachable.jpg"  # nothing listens on the discard port: refused at once
@@ -383,7 +383,7 @@ def test_fetching_stops_after_three_failed_hosts(tmp_path):
 
 def test_cli_import_then_read_and_build_cache(tmp_path, media):
     out = tmp_path / "out" / "manifest.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "core.records", "import", "--format", "shopify",
+    proc = subprocess.run([sys.executable, "-m", "core.data.records", "import", "--format", "shopify",
                            "--in", str(shopify_export(tmp_path)), "--out", str(out), "--media-root", str(media),
                            "--timeout", "2", "--json", str(tmp_path / "report.json")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -391,12 +391,12 @@ def test_cli_import_then_read_and_build_cache(tmp_path, media):
     assert "2 products from 6 rows" in proc.stdout and "missed 1" in proc.stdout and DEAD_URL in proc.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["products"] == 2 and report["misses"][0]["ref"] == DEAD_URL
-    bad = subprocess.run([sys.executable, "-m", "core.records", "import", "--format", "magento",
+    bad = subprocess.run([sys.executable, "-m", "core.data.records", "import", "--format", "magento",
                           "--in", str(tmp_path / "products_export.csv"), "--out", str(tmp_path / "x.jsonl")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "missing column(s) ['sku', 'name']" in bad.stderr and "Traceback" not in bad.stderr
 
-    from core.features import FeatureCache, build_cache
+    from core.data.features import FeatureCache, build_cache
 
     products = read_manifest(out)
     s = build_cache(out, tmp_path / "cache", device="cpu", progress=False, products=products)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import media
-from core.backbones import MAX_TEXT_CHARS, clean_text, load_tokenizer, tokenize_table, tokenize_text
+from core.data import media
+from core.data.backbones import MAX_TEXT_CHARS, clean_text, load_tokenizer, tokenize_table, tokenize_text
 from core.errors import MediaError
-from core.records import Product
-from core.synth import spin_frames, tone, write_audio, write_video
+from core.data.records import Product
+from core.data.synth import spin_frames, tone, write_audio, write_video
 
 
 # ---------------------------------------------------------------- video: 8K frames are never kept
@@ -239,8 +239,8 @@ def test_broken_audio_error_is_kept_when_the_soundtrack_is_used(tmp_path, featur
 
 
 def test_feature_cli_records_the_audio_error_beside_the_soundtrack(tmp_path):
-    """`core.features build` keeps the broken audio file's error in the index (it was dropped)."""
-    from core.features import build_cache
+    """`core.data.features build` keeps the broken audio file's error in the index (it was dropped)."""
+    from core.data.features import build_cache
 
     video = write_video(tmp_path / "v.mp4", spin_frames("square", (40, 160, 60), 1.0, size=64), audio=tone(330, 1.0))
     bad = tmp_path / "broken.ogg"

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from core.errors import RecordError
-from core.records import read_manifest, scan_manifest
+from core.data.records import read_manifest, scan_manifest
 
 
 def jsonl(*records) -> bytes:
@@ -91,8 +91,8 @@ def test_duplicates_and_empty_products_are_listed(tmp_path):
 
 
 def test_build_skips_the_bad_line_and_lists_it(tmp_path, capsys, monkeypatch, featurizer):
-    from core import featurize
-    from core.features import FeatureCache, main
+    from core.data import featurize
+    from core.data.features import FeatureCache, main
 
     monkeypatch.setattr(featurize, "Featurizer", lambda *a, **k: featurizer)  # the session's backbones
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import media
+from core.data import media
 from core.errors import MediaError
-from core.synth import draw_shape, spin_frames, tone, write_audio, write_video
+from core.data.synth import draw_shape, spin_frames, tone, write_audio, write_video
 
 
 def test_image_formats_and_modes(tmp_path):

@@ -1,10 +1,10 @@
-"""Tests for core.metrics: hand-computed retrieval numbers, sanity cases for the rest."""
+"""Tests for core.eval.metrics: hand-computed retrieval numbers, sanity cases for the rest."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core.metrics import (
+from core.eval.metrics import (
     clustering,
     concat_pca,
     instance_recall,
@@ -284,7 +284,7 @@ def test_pca_project_and_concat_pca():
 def test_linear_probe_is_nested_the_test_fold_never_picks_the_setting(monkeypatch):
     # Record which rows every fit and score sees: under nesting, the rows an outer fold is scored on
     # never take part in choosing that fold's setting.
-    import core.metrics as metrics
+    import core.eval.metrics as metrics
 
     calls = []
     real = metrics._probe_fit_score

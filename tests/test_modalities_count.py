@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.catalog import forward_items
-from core.config import ModelConfig
-from core.harmonize import score_matrix
-from core.metrics import collapse_score
+from core.model.inference import forward_items
+from core.model.config import ModelConfig
+from core.model.score_matrix import score_matrix
+from core.eval.metrics import collapse_score
 from core.modalities import INDEX, MODALITIES
-from core.model import SCALE
+from core.model.scale import SCALE
 from scale_testkit import collate, one_thread, product, products, tiny  # noqa: F401  (one_thread: autouse)
 
 
@@ -86,7 +86,7 @@ def test_training_follows_the_centre_and_loss_weights_spread():
     assert float(model.fusion_center.abs().sum()) == 0
     out = model(collate(items, cfg))
     assert float(model.fusion_center.abs().sum()) > 0 and float(model.center_count) == 1
-    from core.train import weight_spread
+    from core.train.trainer import weight_spread
 
     assert weight_spread(out.weights, out.present) > 0
     model.eval()
@@ -104,7 +104,7 @@ def test_legacy_checkpoint_config_keeps_its_behaviour():
 
 
 def test_fusion_weights_fit_down_weights_a_noise_modality():
-    from core.fusion import fit_weights, weighted_sum
+    from core.train.fusion import fit_weights, weighted_sum
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(8), 10)
@@ -121,7 +121,7 @@ def test_fusion_weights_fit_down_weights_a_noise_modality():
 
 
 def test_dev_split_is_a_stable_tenth_of_train():
-    from core.splits import in_split, is_dev, split_of
+    from core.data.splits import in_split, is_dev, split_of
 
     ids = [f"prod-{i}" for i in range(5000)]
     dev = [i for i in ids if is_dev(i)]
@@ -133,7 +133,7 @@ def test_dev_split_is_a_stable_tenth_of_train():
 
 
 def test_swap_plan_takes_donors_from_other_categories():
-    from core.mismatch import swap_modality, swap_plan
+    from core.eval.mismatch import swap_modality, swap_plan
 
     cfg = tiny()
     items = products(12, cfg, seed=4)
@@ -182,7 +182,7 @@ def test_missing_is_an_argument_eight_threads_never_see_the_wrong_mode():
 
 
 def test_content_words_leave_out_punctuation_and_one_letter_pieces():
-    from core.mlm_eval import content_ids
+    from core.eval.mlm_eval import content_ids
 
     vocab = {"[CLS]": 101, "[MASK]": 103, ".": 1012, "-": 1011, "s": 1055, "##s": 2015, "hoodie": 7000,
              "##ie": 2666, "xl": 5000, "a": 1037}
@@ -190,7 +190,7 @@ def test_content_words_leave_out_punctuation_and_one_letter_pieces():
 
 
 def test_masked_word_accuracy_counts_only_content_words():
-    from core.mlm_eval import masked_word_accuracy
+    from core.eval.mlm_eval import masked_word_accuracy
 
     cfg = tiny()
     model = model_for(cfg)
@@ -204,7 +204,7 @@ def test_masked_word_accuracy_counts_only_content_words():
 
 
 def test_unknown_set_key_and_broken_config_file_are_clear_errors(tmp_path):
-    from core.config import get_config
+    from core.model.config import get_config
     from core.errors import ScaleError
 
     with pytest.raises(ScaleError, match="harmonise"):

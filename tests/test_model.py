@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from core.modalities import MODALITIES
-from core.model import SCALE
+from core.model.scale import SCALE
 from scale_testkit import one_thread, collate, product, products, tiny  # noqa: F401  (one_thread: autouse)
 
 NO_VIDEO = ("text", "table", "image", "audio")
@@ -153,7 +153,7 @@ def test_optimizer_groups():
 
 def test_minilm_init_reproduces_bert_layers():
     transformers = pytest.importorskip("transformers")
-    from core.backbones import text_model_dir
+    from core.data.backbones import text_model_dir
 
     cfg = tiny(hidden=384, heads=12, vocab_size=30522, max_positions=512, init_text_from_pretrained=True,
                layers={"text": 2, "table": 1, "image": 1, "video": 1, "audio": 1})
@@ -172,7 +172,7 @@ def test_minilm_init_reproduces_bert_layers():
 
 
 def test_fused_embedding_subtracts_the_fusion_center():
-    from core.catalog import fusion_center
+    from core.model.inference import fusion_center
 
     torch.manual_seed(0)
     cfg = tiny()

@@ -1,11 +1,11 @@
-"""core.projection: PCA / UMAP maps that place new rows without refitting, and nearest neighbours."""
+"""core.explore.projection: PCA / UMAP maps that place new rows without refitting, and nearest neighbours."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from core.errors import ScaleError
-from core.projection import exact_knn, fit_projection, nearest
+from core.explore.projection import exact_knn, fit_projection, nearest
 
 
 def _blobs(n=60, d=16, seed=0):

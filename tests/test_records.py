@@ -3,7 +3,7 @@ import json
 import pytest
 
 from core.errors import RecordError
-from core.records import parse_property_string, read_manifest
+from core.data.records import parse_property_string, read_manifest
 
 
 def test_jsonl_paths_relative_to_manifest(tmp_path):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.dataset import Collator, FeatureDataset, StepBatches, epoch_batches, epoch_order, step_loader
+from core.data.dataset import Collator, FeatureDataset, StepBatches, epoch_batches, epoch_order, step_loader
 from core.errors import ScaleError
-from core.features import FeatureCache, build_cache, load_index
+from core.data.features import FeatureCache, build_cache, load_index
 from scale_testkit import products as random_products, tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,13 +27,13 @@ def free_port() -> int:
 
 
 def start_ranks(manifest: Path, out: Path, world: int, *extra: str) -> list[subprocess.Popen]:
-    """`world` processes of `python -m core.features build`, as torchrun would start them (gloo, CPU)."""
+    """`world` processes of `python -m core.data.features build`, as torchrun would start them (gloo, CPU)."""
     port = str(free_port())
     procs = []
     for rank in range(world):
         env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank),
                    WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        procs.append(subprocess.Popen([sys.executable, "-m", "core.features", "build", "--manifest", str(manifest),
+        procs.append(subprocess.Popen([sys.executable, "-m", "core.data.features", "build", "--manifest", str(manifest),
                                        "--out", str(out), "--device", "cpu", *extra], cwd=REPO, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
@@ -99,7 +99,7 @@ def test_killed_sharded_build_resumes_without_loss(tmp_path, synth_catalog, refe
     built, a reader sees it, and a one-process build finishes the rest; the cache equals the reference."""
     import torch.distributed as dist
 
-    from core.featurize import Featurizer
+    from core.data.featurize import Featurizer
 
     real, calls = Featurizer.encode_many, {"n": 0}
 
@@ -138,7 +138,7 @@ def test_decode_workers_give_the_same_cache(tmp_path, synth_catalog, reference):
 
 
 def test_bad_worker_count_is_a_clear_error(tmp_path, synth_catalog):
-    from core.features import main
+    from core.data.features import main
 
     assert main(["build", "--manifest", str(synth_catalog), "--out", str(tmp_path / "c"), "--workers", "-2"]) == 2
 
@@ -196,7 +196,7 @@ def test_resumed_loader_sees_the_same_batches(step_data):
 
 
 def test_lr_scaling():
-    from core.train import scaled_lr
+    from core.train.trainer import scaled_lr
 
     assert scaled_lr(3e-4, 32, "linear") == pytest.approx(3e-4)
     assert scaled_lr(3e-4, 256, "linear") == pytest.approx(2.4e-3)
@@ -209,7 +209,7 @@ def test_lr_scaling():
 
 def test_lr_scale_and_workers_reach_the_optimizer(tmp_path, synth_catalog, reference):
     """A 2-step run with batch 2, linear scaling and 2 loader workers: the optimizer got lr x 2/32."""
-    from core import train as T
+    from core.train import trainer as T
 
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({"hidden": 32, "heads": 2, "jct_layers": 1, "init_text_from_pretrained": False,

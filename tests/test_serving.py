@@ -16,13 +16,13 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from app_fixtures import app_environment
-from core import roots as rt
+from core.explore import roots as rt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests import appkit the way the pages do
 
 
-# ---------------------------------------------------------------- core.roots
+# ---------------------------------------------------------------- core.explore.roots
 @pytest.fixture()
 def tree(tmp_path):
     """root/ with a checkpoint, a catalog, a manifest, a training log and a secrets CSV; outside/ beside it."""
@@ -85,7 +85,7 @@ def test_roots_come_from_the_defaults_and_the_env_variable(tree, monkeypatch):
 # ---------------------------------------------------------------- uploads
 @pytest.fixture()
 def bare_explorer(featurizer, tmp_path):
-    from core.explorer import Explorer
+    from core.explore.explorer import Explorer
 
     return Explorer(torch.nn.Linear(1, 1), featurizer, upload_root=tmp_path / "up")
 
@@ -96,7 +96,7 @@ def _files_under(folder: Path) -> list[Path]:
 
 @pytest.mark.parametrize("bad", ["../../x", "ABS", "a\x00b/../../y", ".."])
 def test_product_id_cannot_write_outside_the_upload_folder(bare_explorer, tmp_path, bad):
-    from core.synth import COLORS, draw_shape, write_image
+    from core.data.synth import COLORS, draw_shape, write_image
 
     png = write_image(tmp_path / "src.png", draw_shape("circle", COLORS["red"], 64)).read_bytes()
     if bad == "ABS":  # an absolute path inside tmp_path, so the old code's escape lands somewhere harmless
@@ -112,7 +112,7 @@ def test_product_id_cannot_write_outside_the_upload_folder(bare_explorer, tmp_pa
 
 
 def test_upload_space_and_explorer_folders_are_removed_with_their_owner(featurizer):
-    from core.explorer import Explorer, UploadSpace
+    from core.explore.explorer import Explorer, UploadSpace
 
     space = UploadSpace()
     (space.path / "x.png").write_bytes(b"1")
@@ -132,7 +132,7 @@ def test_upload_space_and_explorer_folders_are_removed_with_their_owner(featuriz
 
 # ---------------------------------------------------------------- the training-log reader
 def test_training_log_reader_keeps_only_the_trainers_numbers(tmp_path):
-    from core.explorer import read_train_log
+    from core.explore.training_log import read_train_log
 
     (tmp_path / "train_metrics.jsonl").write_text("\n".join([
         '{"note": "db_password hunter2"}',

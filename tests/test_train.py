@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint
+from core.model.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"hidden": 64, "heads": 4, "jct_layers": 1, "init_text_from_pretrained": False, "dropout": 0.0,
@@ -19,7 +19,7 @@ TINY = {"hidden": 64, "heads": 4, "jct_layers": 1, "init_text_from_pretrained": 
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory, synth_catalog):
-    from core.features import build_cache
+    from core.data.features import build_cache
 
     root = tmp_path_factory.mktemp("train")
     cfg = root / "tiny.json"
@@ -121,8 +121,8 @@ def test_sigterm_saves_before_exit(tiny_setup, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good(tiny_setup, tmp_path, monkeypatch):
-    from core import train as T
-    from core.model import SCALE
+    from core.train import trainer as T
+    from core.model.scale import SCALE
 
     real = SCALE.forward
     calls = {"n": 0}
@@ -177,7 +177,7 @@ def test_a_bad_manifest_line_is_skipped_and_listed(tiny_setup, tmp_path):
 
 
 def test_keeps_the_best_dev_epoch_and_stops_on_patience(tiny_setup, tmp_path, monkeypatch):
-    from core import train as T
+    from core.train import trainer as T
 
     scores = iter([0.5, 0.7, 0.6, 0.4, 0.9])  # best at epoch 2; patience 2 stops after epoch 4
     real = T.validate
@@ -202,7 +202,7 @@ def test_keeps_the_best_dev_epoch_and_stops_on_patience(tiny_setup, tmp_path, mo
 
 
 def test_no_keep_best_ships_the_last_epoch(tiny_setup, tmp_path, monkeypatch):
-    from core import train as T
+    from core.train import trainer as T
 
     scores = iter([0.9, 0.1])
     real = T.validate

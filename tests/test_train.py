@@ -190,7 +190,8 @@ def test_keeps_the_best_dev_epoch_and_stops_on_patience(tiny_setup, tmp_path, mo
     manifest, cfg, cache = tiny_setup
     run = tmp_path / "run"
     T.train(T.TrainArgs(manifest=str(manifest), out=str(run), config=str(cfg), cache=str(cache), batch_size=2,
-                        split="all", val_split="val", fit_fusion_on=None, device="cpu", epochs=5, patience=2))
+                        split="all", val_split="val", fit_fusion_on=None, device="cpu", epochs=5, keep_best=True,
+                        patience=2))
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines if "val" in x] == [1, 2, 3, 4]  # epoch 5 never ran
     assert [x["kept"] for x in lines if "kept" in x] == [{"epoch": 2, "mAP@10": 0.7}]
@@ -201,7 +202,7 @@ def test_keeps_the_best_dev_epoch_and_stops_on_patience(tiny_setup, tmp_path, mo
     assert not all(torch.equal(seen[3][k], final[k]) for k in weights)  # the last epoch's weights were not kept
 
 
-def test_no_keep_best_ships_the_last_epoch(tiny_setup, tmp_path, monkeypatch):
+def test_the_last_epoch_is_final_by_default(tiny_setup, tmp_path, monkeypatch):
     from core.train import trainer as T
 
     scores = iter([0.9, 0.1])
@@ -210,6 +211,6 @@ def test_no_keep_best_ships_the_last_epoch(tiny_setup, tmp_path, monkeypatch):
     manifest, cfg, cache = tiny_setup
     run = tmp_path / "run"
     T.train(T.TrainArgs(manifest=str(manifest), out=str(run), config=str(cfg), cache=str(cache), batch_size=2,
-                        split="all", val_split="val", fit_fusion_on=None, device="cpu", epochs=2, keep_best=False))
+                        split="all", val_split="val", fit_fusion_on=None, device="cpu", epochs=2))
     assert not (run / "best").exists()
     assert not any('"kept"' in l for l in (run / "metrics.jsonl").read_text().splitlines())

@@ -83,7 +83,7 @@ class TrainArgs:
     sets: tuple = ()
     lr_scale: str = "none"
     workers: int = -1  # DataLoader workers; -1: 0 on the CPU, up to 4 on CUDA
-    keep_best: bool = True  # final = the epoch with the best val_split mAP@10 (early stopping on dev)
+    keep_best: bool = False  # final = the epoch with the best val_split mAP@10 (early stopping on dev)
     patience: int = 0  # stop after this many epochs without a better val_split mAP@10 (0: never)
 
 
@@ -634,8 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mask-prob", type=float, default=0.15)
     ap.add_argument("--fit-fusion-on", default="dev", help="split the fusion weights are fitted on at the end "
                     "(core.train.fusion); 'none' keeps equal weights")
-    ap.add_argument("--no-keep-best", dest="keep_best", action="store_false",
-                    help="final = the last epoch (default: the epoch with the best --val-split mAP@10)")
+    ap.add_argument("--keep-best", action="store_true",
+                    help="final = the epoch with the best --val-split mAP@10 (default: the last epoch)")
     ap.add_argument("--patience", type=int, default=0,
                     help="stop after this many epochs without a better --val-split mAP@10 (0: run every epoch)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="model config override key=value")

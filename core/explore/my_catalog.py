@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -40,6 +41,15 @@ from .catalog_store import store_from_catalog
 REPO = Path(__file__).resolve().parents[2]
 WORK_ENV = "SCALE_WORK"
 Progress = Callable[[int, int, str], None]  # (done, total, phase) with phase "features" | "embed" | "index"
+_LOCKS: dict[Path, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock(folder: Path) -> threading.Lock:
+    """One build per folder at a time in this process (two app sessions importing the same manifest wait
+    for each other; the second then finds the catalog finished)."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(folder.resolve(), threading.Lock())
 
 
 def work_root() -> Path:
@@ -126,10 +136,17 @@ def build_my_catalog(manifest: str | Path, checkpoint_dir: str | Path, model, *,
     of `manifest`'s products under `checkpoint_dir`'s `model` (the loaded model, used read-only).
     `progress(done, total, phase)` is called as work finishes; an exception it raises stops the build, and the
     next call resumes. A current build (same manifest and model files) is returned as is unless `force`."""
-    from .explorer import backbone_config
-
     manifest, checkpoint_dir = Path(manifest), Path(checkpoint_dir)
     folder = catalog_folder(manifest, checkpoint_dir, root)
+    with _lock(folder):
+        return _build(manifest, checkpoint_dir, model, folder, progress, device, backbones, exact_below, chunk,
+                      batch_size, force)
+
+
+def _build(manifest: Path, checkpoint_dir: Path, model, folder: Path, progress: Progress | None, device: str,
+           backbones, exact_below: int, chunk: int, batch_size: int, force: bool) -> MyCatalog:
+    from .explorer import backbone_config
+
     fp = fingerprint(manifest, checkpoint_dir)
     done = load_done(folder)
     if done is not None and done.fingerprint == fp and not force:

@@ -192,6 +192,7 @@ def my_catalog_choice(ckpt: Path, rs: list[Path]):
         ss.pop("my_catalog")
         st.error(rt.REFUSED)
         return None
+    ss["my_catalog"] = str(man)  # the resolved path is what Settings carries
     done = mc.current(man, ckpt)
     with st.sidebar:
         if done is None:

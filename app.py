@@ -17,7 +17,7 @@ PAGES_DIR = Path(__file__).resolve().parent / "pages"
 SCORES_PAGE = "pages/2_Modality_scores.py"
 ICONS = {"Upload": ":material/upload:", "Modality scores": ":material/grid_on:", "Masked": ":material/theater_comedy:",
          "Embedding": ":material/map:", "Modality contributions": ":material/balance:", "Retrieval": ":material/search:",
-         "Training": ":material/monitoring:", "Catalog": ":material/fact_check:"}
+         "Training": ":material/monitoring:", "Catalog": ":material/fact_check:", "Use my": ":material/storefront:"}
 GALLERY_SIZE = 8
 
 

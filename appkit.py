@@ -7,6 +7,9 @@ Session state keys (the only state that crosses pages):
     compare    str | None       a second product for side-by-side views (Modality scores)
     ckpt_dir, catalog_path, manifest_path, device   sidebar widgets (settings); the three paths are always
                                 resolved paths under the roots (core.explore.roots), checked on every run
+    my_catalog  str             a manifest under the roots whose embedded catalog ("Use my catalog",
+                                core.explore.my_catalog) replaces the sidebar's catalog and manifest while it is
+                                current for the checkpoint; checked on every run like the paths above
     upload_space UploadSpace    this session's upload folder (removed with the session)
 
 Heavy objects (model + backbones, fitted projections, the examples folder) are in st.cache_resource;
@@ -53,6 +56,7 @@ class Settings:
     catalog_path: Path
     manifest_path: Path | None  # None: the generated examples
     device: str
+    my_catalog: Path | None = None  # the build folder (core.explore.my_catalog) when "Use my catalog" is active
 
 
 def _mtime(p: Path | None) -> float:
@@ -167,7 +171,37 @@ def sidebar() -> Settings:
     ckpt = Path(chosen["ckpt_dir"])
     catalog = Path(chosen["catalog_path"]) if chosen["catalog_path"] else ckpt / "catalog.npz"
     manifest = Path(chosen["manifest_path"]) if chosen["manifest_path"] else None
+    mine = my_catalog_choice(ckpt, rs)
+    if mine is not None:
+        return Settings(ckpt, mine.catalog_path, Path(ss["my_catalog"]), ss["device"], mine.folder)
     return Settings(ckpt, catalog, manifest, ss["device"])
+
+
+def my_catalog_choice(ckpt: Path, rs: list[Path]):
+    """The session's "Use my catalog" build (core.explore.my_catalog.MyCatalog) when it is finished and current
+    for this checkpoint, else None; the sidebar says which catalog is in use and offers the way back."""
+    from core.explore import my_catalog as mc
+
+    ss = st.session_state
+    if not ss.get("my_catalog"):
+        return None
+    try:
+        man = rt.allowed(ss["my_catalog"], rs)
+    except rt.PathRefused:
+        log.warning("refused my_catalog=%r: outside the roots", ss["my_catalog"])
+        ss.pop("my_catalog")
+        st.error(rt.REFUSED)
+        return None
+    ss["my_catalog"] = str(man)  # the resolved path is what Settings carries
+    done = mc.current(man, ckpt)
+    with st.sidebar:
+        if done is None:
+            st.warning(f"My catalog `{label(man)}` is not embedded for checkpoint `{ckpt.name}` (or changed since), so "
+                       "the catalog chosen under *Advanced* is used. Fix: run it again on **Use my catalog**.")
+        else:
+            st.info(f"**Catalog: my catalog** `{label(man)}`, {done.products:,} products.")
+        st.button("Use the configured catalog again", key="my_catalog_off", on_click=lambda: ss.pop("my_catalog", None))
+    return done
 
 
 def explain(text: str) -> None:
@@ -178,7 +212,7 @@ def explain(text: str) -> None:
 # writing the value back at the top of every page keeps it. Buttons and file uploaders cannot be written
 # (their uploads live on as session products); choices that depend on the product carry its name in the key.
 PERSIST_PREFIXES = ("up_title", "up_description", "up_use_soundtrack", "up_category", "mp_", "map_", "rt_", "ct_",
-                    "tr_", "example_pick")
+                    "tr_", "example_pick", "mc_manifest")
 NOT_WRITABLE = ("up_submit", "ct_wide_run", "map_thumb")
 
 
@@ -604,7 +638,7 @@ def feature_source(s: Settings, cat: Catalog):
     from core.data.cache import default_cache_dir
     from core.data.features import FeatureCache
 
-    cands = [os.environ.get("SCALE_FEATURES", "")]
+    cands = [str(s.my_catalog / "features") if s.my_catalog else "", os.environ.get("SCALE_FEATURES", "")]
     if s.manifest_path:
         cands.append(str(default_cache_dir(s.manifest_path)))
     for c in cands:
@@ -694,3 +728,58 @@ def reference_errors(_ex, _s: Settings, _cat: Catalog, key: str, n: int = 8) -> 
         picks = choose_gallery(products_of(_s)[0], _cat.ids, 4)
         items = [_ex.features(_ex.decode(p)) for p in picks]
     return ref(_ex, items)
+
+
+# ---------------------------------------------------------------- "Use my catalog" and ANN search
+def manifests() -> list[str]:
+    """Manifests under the roots (files named *manifest*: what `python -m core.data.records import` writes
+    when told --out .../manifest.jsonl, and every project manifest)."""
+    return _found(tuple(str(r) for r in server_roots()))["manifest_path"]
+
+
+def exact_below() -> int:
+    """Catalogs of at least this many products are searched through an ANN index (env SCALE_EXACT_BELOW,
+    default core.explore.ann.EXACT_BELOW)."""
+    from core.explore.ann import EXACT_BELOW
+
+    try:
+        return max(1, int(os.environ.get("SCALE_EXACT_BELOW", EXACT_BELOW)))
+    except ValueError:
+        log.warning("SCALE_EXACT_BELOW=%r is not a number: %d used", os.environ.get("SCALE_EXACT_BELOW"), EXACT_BELOW)
+        return EXACT_BELOW
+
+
+_PHASES = {"features": "Extracting features (kept on disk; an interrupted run resumes)", "embed": "Embedding",
+           "index": "Building the ANN index", "done": "Already embedded"}
+
+
+def build_my_catalog(s: Settings, ex, manifest: str, bar):
+    """core.explore.my_catalog.build_my_catalog of a manifest under the roots with the session's model, reporting
+    into the st.progress `bar`. PathRefused for anything outside the roots."""
+    from core.explore import my_catalog as mc
+
+    man = rt.allowed(manifest, server_roots())
+
+    def progress(done: int, total: int, phase: str) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{_PHASES.get(phase, phase)}: {done:,} / {total:,}")
+
+    return mc.build_my_catalog(man, s.ckpt_dir, ex.model, progress=progress, device=ex.device.type,
+                               backbones=ex.featurizer.cfg,
+                               exact_below=exact_below())
+
+
+@st.cache_resource(show_spinner="Building the catalog's ANN index (once per catalog and gallery)…", max_entries=4)
+def _gallery_index(key: str, gallery: str, saved: str, limit: int, _X: np.ndarray, _ids: np.ndarray):
+    """Read-only after build (core.explore.ann), so sessions share it safely."""
+    from core.explore.ann import gallery_index as build
+
+    return build(_X, _ids, exact_below=limit, saved=saved or None)
+
+
+def gallery_index(s: Settings, cat: Catalog, gallery: str, G: np.ndarray):
+    """The ANN index of the catalog's `gallery` embedding, or None where exact search is used (below
+    exact_below() products). My catalog's fused index is the one its build saved."""
+    if len(G) < exact_below():
+        return None
+    saved = str(s.my_catalog / "ann") if s.my_catalog is not None and gallery == "fused" else ""
+    return _gallery_index(catalog_key(s, cat), gallery, saved, exact_below(), G, cat.ids)

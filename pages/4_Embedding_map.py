@@ -15,7 +15,7 @@ import streamlit as st
 import appkit as ak
 from core.eval.metrics import l2n
 from core.modalities import MODALITIES
-from core.explore.projection import nearest
+from core.explore.ann import describe, search_gallery
 
 s = ak.page("Embedding map",
             "Each dot is a catalog product, placed by a 2-D/3-D projection of its embedding (fused, or one modality's "
@@ -50,6 +50,9 @@ with st.status(f"Fitting {method.upper()} on {len(rows):,} products…", expande
     status.update(label=f"{proj.method.upper()} map of {len(rows):,} products (cached)", state="complete")
 if proj.method != method:
     st.caption(f"{method.upper()} needs more products; PCA is shown instead.")
+if proj.fitted is not None:
+    st.caption(f"UMAP was fitted on a sample of {len(proj.fitted):,} products; the other {len(rows) - len(proj.fitted):,} "
+               "are placed on its map the way uploads are.")
 
 patterns = cat.pattern()
 cats = cat.categories
@@ -147,7 +150,9 @@ if entry is not None:
     if not np.any(q):
         st.caption(f"{name} has no {kind}.")
     else:
-        idx, sc = nearest(q, X, k=10, exclude=ak.excluded(ex, s, cat, entry))
+        index = ak.gallery_index(s, cat, kind, X)  # None below the exact threshold: exact search
+        idx, sc = search_gallery(X, q, 10, ak.excluded(ex, s, cat, entry), index)
+        st.caption(f"Answered by {describe(index, len(X))}.")
         nn_df = pd.DataFrame({"rank": np.arange(1, len(idx) + 1), "score (cosine)": sc.round(4), "id": cat.ids[idx],
                               "title": cat.titles[idx], "category": cat.categories[idx]})
         st.dataframe(nn_df, hide_index=True, width="stretch")

@@ -15,7 +15,7 @@ import appkit as ak
 from core.modalities import present_names
 from core.explore.explorer import LOW_COSINE
 from core.modalities import MODALITIES
-from core.explore.projection import nearest
+from core.explore.ann import describe, search_gallery
 
 s = ak.page("Retrieval",
             "The query is the current product restricted to the modalities you tick (the model runs on only those; "
@@ -55,7 +55,9 @@ if not keep:
     st.stop()
 q = ak.analysis(ex, entry).fused if set(keep) == set(have) else ex.embed(feats, keep)  # all: the shared pass
 G = cat.embedding(gallery)
-idx, sc = nearest(q, G, k=k, exclude=match.exclude(cat.ids, product.id))
+index = ak.gallery_index(s, cat, gallery, G)  # None below the exact threshold: exact search
+idx, sc = search_gallery(G, q, k, match.exclude(cat.ids, product.id), index)
+st.caption(f"Answered by {describe(index, len(G))}.")
 if len(sc) and float(sc[0]) < LOW_COSINE:
     st.warning(f"Weak matches: the best cosine is {float(sc[0]):.2f} (below {LOW_COSINE}), so the model finds nothing "
                f"close to this {'+'.join(keep)} query in the {gallery} gallery; the ranking below is close to chance. "

@@ -18,7 +18,7 @@ from app_fixtures import app_environment, goto, new_app, no_exception, tiny_setu
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["1_Upload_and_inspect", "2_Modality_scores", "3_Masked_prediction", "4_Embedding_map",
-         "5_Modality_contributions", "6_Retrieval", "7_Training", "8_Catalog_check"]
+         "5_Modality_contributions", "6_Retrieval", "7_Training", "8_Catalog_check", "9_Use_my_catalog"]
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +220,52 @@ def test_one_forward_pass_per_product_and_missing_mode():
     assert ak.analysis(ex, entry, "mask") == ("p1", "mask")
     assert ak.analysis(ex, entry, "zero") == ("p1", "zero")
     assert ex.calls == ["mask", "zero"]
+
+
+def test_use_my_catalog_then_pages_search_it_through_the_index(setup, tmp_path, monkeypatch):
+    """A manifest under the roots becomes this session's catalog (its ANN index above the threshold, 3 here);
+    another session keeps the configured catalog."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    import appkit as ak
+
+    mine = setup.checkpoint.parent / "myshop"
+    mine.mkdir(exist_ok=True)
+    lines = setup.manifest.read_text().splitlines()[:5]
+    man = mine / "manifest.jsonl"
+    man.write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("SCALE_WORK", str(tmp_path / "work"))  # features and embeddings go here, not into the repo
+    monkeypatch.setenv("SCALE_EXACT_BELOW", "3")
+    ak._found.clear()  # the pickers' list is cached for 30 s; the manifest is new
+    at = goto(new_app(), "9_Use_my_catalog")
+    no_exception(at)
+    at.selectbox(key="mc_manifest").set_value(str(man.resolve()))
+    at.run()
+    at.button(key="mc_run").click()
+    at.run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert at.session_state["my_catalog"] == str(man.resolve())
+    assert any("5 products embedded" in m.value for m in at.success)
+    assert any("my catalog" in m.value and "5 products" in m.value for m in at.sidebar.info)
+    assert list((tmp_path / "work").glob("manifest-*/features/index.json"))  # features on the server, resumable
+    goto(at, PAGES[0])
+    at.selectbox(key="example_pick").select_index(1)  # the examples now come from my manifest
+    at.run()
+    at.button(key="example_load").click()
+    at.run()
+    goto(at, "6_Retrieval")
+    no_exception(at)
+    assert any("FAISS IVF index over 5 products" in c.value for c in at.caption), [c.value for c in at.caption]
+    titles = chart_specs(at)[-1]["data"][0]["y"]
+    mine_titles = {json.loads(l)["title"] for l in lines}
+    assert len(titles) == 4 and all(t.split(". ", 1)[1] in mine_titles for t in titles)  # itself left out
+    goto(at, "4_Embedding_map")
+    no_exception(at)
+    assert any("FAISS IVF index over 5 products" in c.value for c in at.caption)
+    other = new_app()  # another session: the configured catalog
+    assert f"{len(setup.products)} products" in " ".join(m.value for m in other.success)
+    at.sidebar.button(key="my_catalog_off").click()
+    at.run()
+    assert "my_catalog" not in at.session_state

@@ -35,7 +35,7 @@ from collections import Counter, deque
 from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -264,9 +264,11 @@ def _fold_parts(out: Path, index: dict) -> list[Path]:
 def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None, device: str = "auto",
                 chunk: int = 32, cfg: BackboneConfig = BackboneConfig(), progress: bool = True,
                 products: Sequence[Product] | None = None, workers: int = 0, rank: int = 0,
-                world: int = 1) -> dict:
+                world: int = 1, on_chunk: Callable[[int, int], None] | None = None) -> dict:
     """Extract and store the features of every product not yet cached. Returns the summary dict.
-    With world > 1 this process is `rank` of a sharded build (torch.distributed already initialized)."""
+    With world > 1 this process is `rank` of a sharded build (torch.distributed already initialized).
+    `on_chunk(done, total)` is called after each chunk is on disk (this rank's products); an exception it
+    raises stops the build there, and the next build resumes after the chunks already written."""
     from safetensors.numpy import save as save_bytes
     from tqdm import tqdm
 
@@ -327,7 +329,8 @@ def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None,
     started = time.time()
     featurizer = Featurizer(cfg, device) if mine else None
     on_cuda = featurizer is not None and featurizer.image.device_.type == "cuda"
-    bar = tqdm(total=sum(map(len, mine)), unit="product", disable=not progress, desc=f"features{tag}", dynamic_ncols=True)
+    done, total = 0, sum(map(len, mine))  # counted here: a disabled tqdm bar counts nothing
+    bar = tqdm(total=total, unit="product", disable=not progress, desc=f"features{tag}", dynamic_ncols=True)
     for group, decoded in decoded_groups(mine, featurizer, workers if mine else 0):
         if on_cuda:  # bf16 autocast: the CNN in channels-last bf16; its features are stored as float16 anyway
             import torch
@@ -363,6 +366,9 @@ def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None,
         else:
             _atomic_write_bytes(index_path, json.dumps(index).encode())
         bar.update(len(group))
+        done += len(group)
+        if on_chunk is not None:
+            on_chunk(done, total)
     bar.close()
     if world == 1 and not mine:  # the manifest problems of this build are still recorded
         _atomic_write_bytes(index_path, json.dumps(index).encode())

@@ -285,3 +285,43 @@ def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
         rest = f[f != r]
         out[j] = rest[:k] if len(rest) >= k else np.r_[rest, np.full(k - len(rest), -1)]
     return out
+
+
+def gallery_index(X: np.ndarray, ids: Sequence, exact_below: int = EXACT_BELOW, saved: str | Path | None = None,
+                  kind: str = "ivf", **build_kw) -> AnnIndex | None:
+    """The index a gallery of N rows is searched through: None (exact search) below `exact_below` rows, else
+    the index saved in folder `saved` when it holds these N rows, else one built now (`kind`, tuned)."""
+    n = len(X)
+    if n < int(exact_below):
+        return None
+    if saved is not None and (Path(saved) / "ann.json").is_file():
+        index = AnnIndex.load(saved)
+        if len(index) == n and index.dim == X.shape[1]:
+            return index
+    return AnnIndex.build(X, ids, kind=kind, **build_kw)
+
+
+def describe(index: AnnIndex | None, n: int) -> str:
+    """Which search answered, for the page: "exact search over N products" or the index and its settings."""
+    if index is None or index.kind == "flat":
+        return f"exact search over {n:,} products"
+    p = index.params
+    knobs = (f"nlist {p.get('nlist')}, nprobe {p.get('nprobe')}" if index.kind == "ivf"
+             else f"M {p.get('m')}, efSearch {p.get('ef_search')}")
+    tuned = f", tuned recall@{p['tune_k']} {p['tuned_recall']:.3f}" if "tuned_recall" in p else ""
+    return f"FAISS {index.kind.upper()} index over {n:,} products ({knobs}{tuned})"
+
+
+def search_gallery(G: np.ndarray, q: np.ndarray, k: int, exclude: np.ndarray | None = None,
+                   index: AnnIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k gallery rows by cosine for one query q (D,): through `index` when given (built on G's rows),
+    else exact. `exclude` (N,) bool leaves rows out (the query product itself). Returns (rows, scores), best
+    first; rows an approximate index did not reach are absent, so there may be fewer than k."""
+    if index is None:
+        from .projection import nearest
+
+        return nearest(q, G, k=k, exclude=exclude)
+    drop = np.flatnonzero(exclude) if exclude is not None else np.zeros(0, dtype=np.int64)
+    D, I = index.search(np.asarray(q, dtype=np.float32), k=int(k) + len(drop))
+    keep = (I[0] >= 0) & ~np.isin(I[0], drop)
+    return I[0][keep][: int(k)], D[0][keep][: int(k)]

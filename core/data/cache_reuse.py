@@ -25,10 +25,10 @@ import numpy as np
 from .backbones import BackboneConfig, load_tokenizer, resolve_device
 from ..errors import CacheError
 from .features import (VERSION, FeatureCache, _atomic_write_bytes, _chunks, _read_json, _reserve_shard,
-                       summarize)
+                       manifest_products, summarize)
 from .featurize import Featurizer
 from ..modalities import INDEX, pattern, present_in
-from .records import Product, scan_manifest
+from .records import Product
 from .speech import audio_frontend
 
 COPIED = ("image", "video")  # modalities whose features (and decode errors) come from OLD
@@ -68,14 +68,7 @@ def build_reusing(manifest: str | Path, out: str | Path, source: str | Path, cfg
     if replace(src.backbones, audio=cfg.audio) != cfg:
         raise CacheError(f"{source}: its image / text backbones {src.backbones.to_dict()} are not the ones asked for "
                          f"{cfg.to_dict()}, so its features cannot be reused. Fix: build without --reuse-from.")
-    problems: list[dict] = []
-    if products is None:
-        report = scan_manifest(manifest)
-        all_products, problems = report.products, [q.to_json() for q in report.problems]
-    else:
-        all_products = list(products)
-    if limit:
-        all_products = all_products[:limit]
+    all_products, problems = manifest_products(manifest, products, limit)
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     index_path = out / "index.json"

@@ -261,6 +261,19 @@ def _fold_parts(out: Path, index: dict) -> list[Path]:
     return parts
 
 
+def manifest_products(manifest: str | Path, products: list | None = None,
+                      limit: int | None = None) -> tuple[list[Product], list[dict]]:
+    """The products a build covers (`products` if given, else the manifest's readable lines, the first `limit`)
+    and the manifest's bad lines: a bad line skips that product only; the build summary lists it."""
+    problems: list[dict] = []
+    if products is None:
+        report = scan_manifest(manifest)
+        all_products, problems = report.products, [q.to_json() for q in report.problems]
+    else:
+        all_products = list(products)
+    return (all_products[:limit] if limit else all_products), problems
+
+
 def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None, device: str = "auto",
                 chunk: int = 32, cfg: BackboneConfig = BackboneConfig(), progress: bool = True,
                 products: Sequence[Product] | None = None, workers: int = 0, rank: int = 0,
@@ -277,14 +290,7 @@ def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None,
     out = Path(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     index_path = out / "index.json"
-    problems = []
-    if products is None:
-        report = scan_manifest(manifest)  # a bad line skips that product only; the summary lists it
-        all_products, problems = report.products, [q.to_json() for q in report.problems]
-    else:
-        all_products = list(products)
-    if limit:
-        all_products = all_products[:limit]
+    all_products, problems = manifest_products(manifest, products, limit)
     shards = out / "shards"
     gone: list[str] = []
     problem = None

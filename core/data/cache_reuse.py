@@ -24,8 +24,8 @@ import numpy as np
 
 from .backbones import BackboneConfig, load_tokenizer, resolve_device
 from ..errors import CacheError
-from .features import (VERSION, FeatureCache, _atomic_write_bytes, _chunks, _read_json, _reserve_shard,
-                       manifest_products, summarize)
+from .features import (FeatureCache, _atomic_write_bytes, _chunks, _reserve_shard,
+                       manifest_products, open_index, summarize)
 from .featurize import Featurizer
 from ..modalities import INDEX, pattern, present_in
 from .records import Product
@@ -72,14 +72,7 @@ def build_reusing(manifest: str | Path, out: str | Path, source: str | Path, cfg
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     index_path = out / "index.json"
-    if index_path.is_file():
-        index = _read_json(index_path)
-        if BackboneConfig.from_dict(index.get("backbones", {})) != cfg:
-            raise CacheError(f"{index_path}: cache was built with other backbones {index.get('backbones')}. "
-                             "Fix: use another --out folder, or delete this one.")
-    else:
-        index = {"version": VERSION, "backbones": cfg.to_dict(), "manifest": str(manifest), "products": {},
-                 "failures": {}}
+    index = open_index(index_path, cfg, manifest)
     index.setdefault("failures", {})
     index["manifest_problems"] = problems
     index["reused_from"] = str(source)

@@ -274,6 +274,18 @@ def manifest_products(manifest: str | Path, products: list | None = None,
     return (all_products[:limit] if limit else all_products), problems
 
 
+def open_index(index_path: Path, cfg: BackboneConfig, manifest: str | Path) -> dict:
+    """The cache's index, or a new empty one; a cache of other backbones is refused."""
+    if not index_path.is_file():
+        return {"version": VERSION, "backbones": cfg.to_dict(), "manifest": str(manifest), "products": {}, "failures": {}}
+    index = _read_json(index_path)
+    # compared as configs: a cache made before a field existed has that field's default
+    if BackboneConfig.from_dict(index.get("backbones", {})) != cfg:
+        raise CacheError(f"{index_path}: cache was built with other backbones {index.get('backbones')}. "
+                         "Fix: use another --out folder, or delete this one.")
+    return index
+
+
 def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None, device: str = "auto",
                 chunk: int = 32, cfg: BackboneConfig = BackboneConfig(), progress: bool = True,
                 products: Sequence[Product] | None = None, workers: int = 0, rank: int = 0,
@@ -296,14 +308,7 @@ def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None,
     problem = None
     if rank == 0:
         try:
-            if index_path.is_file():
-                index = _read_json(index_path)
-                # compared as configs: a cache made before a field existed has that field's default
-                if BackboneConfig.from_dict(index.get("backbones", {})) != cfg:
-                    raise CacheError(f"{index_path}: cache was built with other backbones {index.get('backbones')}. "
-                                     "Fix: use another --out folder, or delete this one.")
-            else:
-                index = {"version": VERSION, "backbones": cfg.to_dict(), "manifest": str(manifest), "products": {}, "failures": {}}
+            index = open_index(index_path, cfg, manifest)
             index.setdefault("failures", {})
             index["manifest_problems"] = problems
             # a killed sharded build's records, then the repairs, before any other rank reads the index

@@ -124,7 +124,9 @@ def test_reuse_copies_image_video_and_redoes_audio(tmp_path, synth_catalog, logm
         a, b = src[p.id], new[p.id]
         for k in ("image.tokens", "video.frames", "text.ids", "table.ids"):
             assert (k in a) == (k in b), (p.id, k)
-            if k in a:
+            if k in a and p.id == items[1].id:  # recomputed by the CNN, batched otherwise: same up to rounding
+                np.testing.assert_allclose(a[k].astype(np.float32), b[k].astype(np.float32), atol=5e-3)
+            elif k in a:  # copied
                 np.testing.assert_array_equal(a[k], b[k])
         assert ("audio.patches" in b) == (p.audio is not None or p.id == "synth-000")
         if "audio.patches" in b:

@@ -223,9 +223,21 @@ def keep_choices() -> None:
             ss[k] = ss[k]
 
 
+def _through_router() -> None:
+    """Run this page through app.py's navigation. Until a session has run app.py, Streamlit serves a page URL
+    opened directly with its pages/-folder router (sidebar "app", no icons) and not app.py; st.navigation turns
+    that router off for the process, as this does, and the rerun then goes through app.py to this same page."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def page(title: str, explanation: str, tab: str | None = None) -> Settings:
     """Every page's opening: browser-tab title (`tab`, default `title`), the sidebar, the heading and the
     "what am I looking at" line. Returns the sidebar's settings."""
+    _through_router()
     st.set_page_config(page_title=f"{tab or title} · SCALE Explorer", layout="wide")
     keep_choices()
     s = sidebar()

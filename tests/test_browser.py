@@ -46,7 +46,7 @@ def server(featurizer, tmp_path_factory):
     port = _free_port()
     env = dict(os.environ, SCALE_CHECKPOINT=str(setup.checkpoint), SCALE_CATALOG=str(setup.catalog),
                SCALE_MANIFEST=str(setup.manifest), SCALE_ROOTS=str(setup.checkpoint.parent), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1")
+               TRANSFORMERS_OFFLINE="1", SCALE_WORK=str(tmp_path_factory.mktemp("my-catalogs")))
     log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",
@@ -169,6 +169,48 @@ def test_browser_gallery_click_opens_scores(server):
                 if link == "Catalog check":  # it lists the catalog's products, weakest agreement first
                     page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
                 page.screenshot(path=str(OUT / f"gallery_{i}_{link.replace(' ', '_').lower()}.png"))
+        finally:
+            browser.close()
+
+
+def test_browser_use_my_catalog_opened_by_its_url(server):
+    """A new session opens "Use my catalog" by its URL (the sidebar's first entry still says Home), picks the
+    test manifest by typing its name into the picker, embeds it, and Retrieval then searches that catalog."""
+    from playwright.sync_api import sync_playwright
+
+    url, setup = server
+    OUT.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.set_default_timeout(120_000)
+            page.goto(url + "/Use_my_catalog", timeout=60_000)
+            page.get_by_role("heading", name="Use my catalog").first.wait_for()
+            _wait_idle(page, 120_000)
+            nav = page.locator('[data-testid="stSidebarNav"]')
+            assert nav.get_by_role("link", name="Home").count() == 1
+            assert nav.get_by_role("link", name="app").count() == 0
+            picker = page.locator('[data-testid="stMain"]').get_by_role("combobox", name="Manifest")
+            picker.click()
+            picker.fill(setup.manifest.parent.name)  # the options are root-relative names; typing filters them
+            page.get_by_role("option").filter(has_text=setup.manifest.parent.name).first.click()
+            _wait_idle(page, 120_000)
+            assert setup.manifest.parent.name in picker.input_value()
+            page.get_by_role("button", name="Use my catalog").click()
+            page.get_by_text("In use:", exact=False).first.wait_for(timeout=180_000)
+            _wait_idle(page, 120_000)
+            _no_exception(page, "use my catalog")
+            shown = page.locator('[data-testid="stAlert"]').filter(has_text="In use:").first.inner_text()
+            assert f"{len(setup.products):,} products embedded" in shown, shown
+            page.screenshot(path=str(OUT / "my_catalog_in_use.png"))
+            nav.get_by_role("link", name="Retrieval").click()
+            page.get_by_role("heading", name="Retrieval").first.wait_for()
+            _wait_idle(page, 120_000)
+            _no_exception(page, "retrieval over my catalog")
+            side = page.locator('[data-testid="stSidebar"]').inner_text()
+            assert "my catalog" in side and f"{len(setup.products)} products" in side, side  # every page reads it
+            page.screenshot(path=str(OUT / "my_catalog_retrieval.png"))
         finally:
             browser.close()
 

@@ -1,11 +1,9 @@
 """SCALE Explorer: the router and the Home page. Run with `streamlit run app.py`.
 
-st.navigation lists Home first (so the sidebar says "Home", not "app") and then every script in pages/,
-titled from its file name ("3_Masked_prediction.py" -> "Masked prediction").
+st.navigation lists Home first (so the sidebar says "Home", not "app") and then every script in pages/
+(appkit.app_pages).
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import streamlit as st
 
@@ -13,22 +11,8 @@ import appkit as ak
 from core.explore.gallery import choose_gallery, presence_code
 from core.modalities import pattern
 
-PAGES_DIR = Path(__file__).resolve().parent / "pages"
 SCORES_PAGE = "pages/2_Modality_scores.py"
-ICONS = {"Upload": ":material/upload:", "Modality scores": ":material/grid_on:", "Masked": ":material/theater_comedy:",
-         "Embedding": ":material/map:", "Modality contributions": ":material/balance:", "Retrieval": ":material/search:",
-         "Training": ":material/monitoring:", "Catalog": ":material/fact_check:", "Use my": ":material/storefront:"}
 GALLERY_SIZE = 8
-
-
-def page_title(path: Path) -> str:
-    """"3_Masked_prediction.py" -> "Masked prediction"."""
-    stem = path.stem.split("_", 1)[1] if path.stem[:1].isdigit() and "_" in path.stem else path.stem
-    return stem.replace("_", " ")
-
-
-def _icon(title: str) -> str:
-    return next((v for k, v in ICONS.items() if title.startswith(k)), ":material/article:")
 
 
 def _open_product(ex, s, cat, p, generated: bool) -> None:
@@ -114,11 +98,7 @@ def home() -> None:
 
 
 def main() -> None:
-    pages = [st.Page(home, title="Home", icon=":material/home:", default=True, url_path="home")]
-    for f in sorted(PAGES_DIR.glob("*.py")):
-        t = page_title(f)
-        pages.append(st.Page(f"pages/{f.name}", title=t, icon=_icon(t)))
-    st.navigation(pages).run()
+    st.navigation(ak.app_pages(home)).run()
 
 
 main()

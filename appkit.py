@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -223,15 +223,40 @@ def keep_choices() -> None:
             ss[k] = ss[k]
 
 
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+ICONS = {"Upload": ":material/upload:", "Modality scores": ":material/grid_on:", "Masked": ":material/theater_comedy:",
+         "Embedding": ":material/map:", "Modality contributions": ":material/balance:", "Retrieval": ":material/search:",
+         "Training": ":material/monitoring:", "Catalog": ":material/fact_check:", "Use my": ":material/storefront:"}
+
+
+def page_title(path: Path) -> str:
+    """"3_Masked_prediction.py" -> "Masked prediction"."""
+    stem = path.stem.split("_", 1)[1] if path.stem[:1].isdigit() and "_" in path.stem else path.stem
+    return stem.replace("_", " ")
+
+
+def app_pages(home: Callable[[], None]) -> list:
+    """The app's navigation: Home (`home`, the default page) and then every script in pages/."""
+    pages = [st.Page(home, title="Home", icon=":material/home:", default=True, url_path="home")]
+    for f in sorted(PAGES_DIR.glob("*.py")):
+        t = page_title(f)
+        pages.append(st.Page(f"pages/{f.name}", title=t,
+                             icon=next((v for k, v in ICONS.items() if t.startswith(k)), ":material/article:")))
+    return pages
+
+
+def _not_run() -> None:  # the Home entry sent by _through_router; a click on it runs app.py's own home
+    raise RuntimeError("app.py's Home page runs through app.py")
+
+
 def _through_router() -> None:
-    """Run this page through app.py's navigation. Until a session has run app.py, Streamlit serves a page URL
-    opened directly with its pages/-folder router (sidebar "app", no icons) and not app.py; st.navigation turns
-    that router off for the process, as this does, and the rerun then goes through app.py to this same page."""
+    """Until a session has run app.py, Streamlit serves a page URL opened directly with its pages/-folder
+    router (sidebar "app", no icons). Sending app.py's navigation from the page turns that router off for the
+    process, as app.py's st.navigation does, and gives the sidebar the app's entries; the page runs on."""
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+        st.navigation(app_pages(_not_run))
 
 
 def page(title: str, explanation: str, tab: str | None = None) -> Settings:

@@ -6,6 +6,7 @@ screenshots under test-output/. Skipped only when no chromium binary is found.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -73,6 +74,22 @@ def server(featurizer, tmp_path_factory):
         log.close()
 
 
+@contextlib.contextmanager
+def _browser_page(height: int, timeout: float):
+    """One headless Chromium page (screenshots go to test-output/), closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    OUT.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.set_default_timeout(timeout)
+            yield page
+        finally:
+            browser.close()
+
+
 def _wait_idle(page, timeout: float = 60_000) -> None:
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
     page.wait_for_timeout(300)
@@ -138,81 +155,63 @@ def test_browser_upload_and_every_page(server, tmp_path):
 def test_browser_gallery_click_opens_scores(server):
     """The demo path: Home -> click a gallery product -> its modality scores with the takeaway -> every page
     (the Catalog check listing products), with a screenshot of each for that product."""
-    from playwright.sync_api import sync_playwright
-
     url, _ = server
-    OUT.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2000})
-            page.set_default_timeout(90_000)
-            page.goto(url, timeout=60_000)
-            page.get_by_role("heading", name="Try a product").wait_for(timeout=60_000)
+    with _browser_page(2000, 90_000) as page:
+        page.goto(url, timeout=60_000)
+        page.get_by_role("heading", name="Try a product").wait_for(timeout=60_000)
+        _wait_idle(page, 90_000)
+        nav = page.locator('[data-testid="stSidebarNav"]')
+        assert nav.get_by_role("link", name="Home").count() == 1  # the home entry says Home, not "app"
+        page.screenshot(path=str(OUT / "gallery_0_home.png"))
+        page.get_by_role("button", name="Open").first.click()
+        page.get_by_role("heading", name="Modality scores").first.wait_for(timeout=90_000)
+        _wait_idle(page, 90_000)
+        _no_exception(page, "scores after a gallery click")
+        page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=90_000)  # S is drawn
+        # the takeaway line places the product's weakest pair among the catalog's products
+        page.get_by_text("catalog products with both", exact=False).first.wait_for(timeout=60_000)
+        page.screenshot(path=str(OUT / "gallery_2_modality_scores.png"))
+        for i, (link, heading) in enumerate([("Upload and inspect", "Upload and inspect"), *PAGES[1:]], start=1):
+            nav.get_by_role("link", name=link).click()
+            page.get_by_role("heading", name=heading).first.wait_for(timeout=60_000)
             _wait_idle(page, 90_000)
-            nav = page.locator('[data-testid="stSidebarNav"]')
-            assert nav.get_by_role("link", name="Home").count() == 1  # the home entry says Home, not "app"
-            page.screenshot(path=str(OUT / "gallery_0_home.png"))
-            page.get_by_role("button", name="Open").first.click()
-            page.get_by_role("heading", name="Modality scores").first.wait_for(timeout=90_000)
-            _wait_idle(page, 90_000)
-            _no_exception(page, "scores after a gallery click")
-            page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=90_000)  # S is drawn
-            # the takeaway line places the product's weakest pair among the catalog's products
-            page.get_by_text("catalog products with both", exact=False).first.wait_for(timeout=60_000)
-            page.screenshot(path=str(OUT / "gallery_2_modality_scores.png"))
-            for i, (link, heading) in enumerate([("Upload and inspect", "Upload and inspect"), *PAGES[1:]], start=1):
-                nav.get_by_role("link", name=link).click()
-                page.get_by_role("heading", name=heading).first.wait_for(timeout=60_000)
-                _wait_idle(page, 90_000)
-                _no_exception(page, f"gallery product on {link}")
-                if link == "Catalog check":  # it lists the catalog's products, weakest agreement first
-                    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
-                page.screenshot(path=str(OUT / f"gallery_{i}_{link.replace(' ', '_').lower()}.png"))
-        finally:
-            browser.close()
+            _no_exception(page, f"gallery product on {link}")
+            if link == "Catalog check":  # it lists the catalog's products, weakest agreement first
+                page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
+            page.screenshot(path=str(OUT / f"gallery_{i}_{link.replace(' ', '_').lower()}.png"))
 
 
 def test_browser_use_my_catalog_opened_by_its_url(server):
     """A new session opens "Use my catalog" by its URL (the sidebar's first entry still says Home), picks the
     test manifest by typing its name into the picker, embeds it, and Retrieval then searches that catalog."""
-    from playwright.sync_api import sync_playwright
-
     url, setup = server
-    OUT.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1600})
-            page.set_default_timeout(120_000)
-            page.goto(url + "/Use_my_catalog", timeout=60_000)
-            page.get_by_role("heading", name="Use my catalog").first.wait_for()
-            _wait_idle(page, 120_000)
-            nav = page.locator('[data-testid="stSidebarNav"]')
-            assert nav.get_by_role("link", name="Home").count() == 1
-            assert nav.get_by_role("link", name="app").count() == 0
-            picker = page.locator('[data-testid="stMain"]').get_by_role("combobox", name="Manifest")
-            picker.click()
-            picker.fill(setup.manifest.parent.name)  # the options are root-relative names; typing filters them
-            page.get_by_role("option").filter(has_text=setup.manifest.parent.name).first.click()
-            _wait_idle(page, 120_000)
-            assert setup.manifest.parent.name in picker.input_value()
-            page.get_by_role("button", name="Use my catalog").click()
-            page.get_by_text("In use:", exact=False).first.wait_for(timeout=180_000)
-            _wait_idle(page, 120_000)
-            _no_exception(page, "use my catalog")
-            shown = page.locator('[data-testid="stAlert"]').filter(has_text="In use:").first.inner_text()
-            assert f"{len(setup.products):,} products embedded" in shown, shown
-            page.screenshot(path=str(OUT / "my_catalog_in_use.png"))
-            nav.get_by_role("link", name="Retrieval").click()
-            page.get_by_role("heading", name="Retrieval").first.wait_for()
-            _wait_idle(page, 120_000)
-            _no_exception(page, "retrieval over my catalog")
-            side = page.locator('[data-testid="stSidebar"]').inner_text()
-            assert "my catalog" in side and f"{len(setup.products)} products" in side, side  # every page reads it
-            page.screenshot(path=str(OUT / "my_catalog_retrieval.png"))
-        finally:
-            browser.close()
+    with _browser_page(1600, 120_000) as page:
+        page.goto(url + "/Use_my_catalog", timeout=60_000)
+        page.get_by_role("heading", name="Use my catalog").first.wait_for()
+        _wait_idle(page, 120_000)
+        nav = page.locator('[data-testid="stSidebarNav"]')
+        assert nav.get_by_role("link", name="Home").count() == 1
+        assert nav.get_by_role("link", name="app").count() == 0
+        picker = page.locator('[data-testid="stMain"]').get_by_role("combobox", name="Manifest")
+        picker.click()
+        picker.fill(setup.manifest.parent.name)  # the options are root-relative names; typing filters them
+        page.get_by_role("option").filter(has_text=setup.manifest.parent.name).first.click()
+        _wait_idle(page, 120_000)
+        assert setup.manifest.parent.name in picker.input_value()
+        page.get_by_role("button", name="Use my catalog").click()
+        page.get_by_text("In use:", exact=False).first.wait_for(timeout=180_000)
+        _wait_idle(page, 120_000)
+        _no_exception(page, "use my catalog")
+        shown = page.locator('[data-testid="stAlert"]').filter(has_text="In use:").first.inner_text()
+        assert f"{len(setup.products):,} products embedded" in shown, shown
+        page.screenshot(path=str(OUT / "my_catalog_in_use.png"))
+        nav.get_by_role("link", name="Retrieval").click()
+        page.get_by_role("heading", name="Retrieval").first.wait_for()
+        _wait_idle(page, 120_000)
+        _no_exception(page, "retrieval over my catalog")
+        side = page.locator('[data-testid="stSidebar"]').inner_text()
+        assert "my catalog" in side and f"{len(setup.products)} products" in side, side  # every page reads it
+        page.screenshot(path=str(OUT / "my_catalog_retrieval.png"))
 
 
 def test_eight_browser_sessions_at_once_each_get_their_own_S(server, tmp_path):

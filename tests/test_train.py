@@ -214,3 +214,17 @@ def test_the_last_epoch_is_final_by_default(tiny_setup, tmp_path, monkeypatch):
                         split="all", val_split="val", fit_fusion_on=None, device="cpu", epochs=2))
     assert not (run / "best").exists()
     assert not any('"kept"' in l for l in (run / "metrics.jsonl").read_text().splitlines())
+
+
+def test_pretrained_lr_mult_flag_sets_the_text_group_rate():
+    from core.model.config import get_config
+    from core.model.scale import SCALE
+    from core.train.trainer import TrainArgs, build_optimizer, build_parser
+
+    kw = vars(build_parser().parse_args(["--manifest", "m.jsonl", "--out", "run", "--pretrained-lr-mult", "0.3"]))
+    a = TrainArgs(**{**kw, "sets": tuple(kw["sets"])})
+    assert a.pretrained_lr_mult == 0.3
+    cfg = get_config("small", hidden=64, heads=4, layers={"text": 1, "table": 1, "image": 1, "video": 1, "audio": 1})
+    opt = build_optimizer(SCALE(cfg, pretrained=False), 1e-3, 0.01, a.pretrained_lr_mult, torch.device("cpu"))
+    rates = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert rates["decay_pretrained"] == pytest.approx(3e-4) and rates["decay"] == pytest.approx(1e-3)

@@ -621,6 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="DataLoader processes that collate batches (-1: 0 on the CPU, up to 4 on CUDA)")
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps")
+    ap.add_argument("--pretrained-lr-mult", type=float, default=0.1,
+                    help="learning rate of the pretrained text weights, as a fraction of --lr")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=None, help="feature cache folder (default: cache/<manifest folder>)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -61,3 +61,16 @@ def test_pairs_average_and_names():
     assert torch.allclose(total, torch.stack(expect).mean())
     x = torch.randn(2, 3)
     assert gather_with_grad(x) is x
+
+
+def test_one_way_pair_trains_the_other_side_only():
+    torch.manual_seed(0)
+    pooled = {m: torch.randn(4, 8, requires_grad=True) for m in ("text", "table", "image")}
+    present = torch.ones(4, 3, dtype=torch.bool)
+    two_way, _ = contrastive_loss(pooled, present)
+    total, per = contrastive_loss(pooled, present, one_way=frozenset({("text", "table")}))
+    assert torch.allclose(total, two_way)  # the loss value is unchanged, only its gradient
+    per["cl_text_table"].backward(retain_graph=True)
+    assert pooled["text"].grad is None and pooled["table"].grad.abs().sum() > 0
+    per["cl_text_image"].backward()
+    assert pooled["text"].grad.abs().sum() > 0  # a two-way pair still trains text

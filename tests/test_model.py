@@ -194,3 +194,13 @@ def test_fused_embedding_subtracts_the_fusion_center():
     torch.testing.assert_close(out.fused, want, atol=1e-5, rtol=1e-4)
     model.cfg.center_fusion = False  # the switch restores the plain sum
     torch.testing.assert_close(model.embed(batch).fused, plain.fused)
+
+
+def test_text_anchor_is_checked():
+    import pytest
+    from core.model.config import ConfigError, get_config
+
+    assert get_config("small", text_anchor=["table", "audio"]).text_anchor == ["table", "audio"]
+    for bad in (["text"], ["tabel"], "table", ["table", "table"]):
+        with pytest.raises(ConfigError, match="text_anchor"):
+            get_config("small", text_anchor=bad)

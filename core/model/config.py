@@ -68,6 +68,14 @@ def _choice(*options: str):
     return check
 
 
+def _subset(options: tuple[str, ...]):
+    """A list of distinct names from `options`."""
+    def check(name: str, v: object) -> None:
+        if not isinstance(v, list) or any(x not in options for x in v) or len(set(v)) != len(v):
+            raise _bad(name, f"a list of distinct names from {list(options)}", v, f'write it as ["table", "audio"]')
+    return check
+
+
 def _table(keys: tuple[str, ...], value, required: bool = True):
     """A dict keyed by modality (or task); unknown keys are refused (a typo would be ignored silently)."""
     def check(name: str, v: object) -> None:
@@ -99,7 +107,7 @@ _CHECKS = {
     "pool": _table(MODALITIES, _choice("mean", "first"), required=False), "first_item": _choice("mean", "cls"),
     "image_global": _choice("masked", "given"), "center_harmony": _bool,
     "harmony_temperature": _float(0, lo_open=True), "center_momentum": _float(0, 1),
-    "audio_backbone": _choice(*AUDIO_BACKBONES),
+    "audio_backbone": _choice(*AUDIO_BACKBONES), "text_anchor": _subset(tuple(m for m in MODALITIES if m != "text")),
 }
 
 
@@ -160,6 +168,9 @@ class ModelConfig:
     # Frozen model behind the audio items (core.data.speech): "logmel" patches (80 x 8 = 640-d) or
     # "whisper-tiny.en" encoder items (384-d, 0.1 s each). The cache must be built with the same one.
     audio_backbone: str = LOGMEL
+    # Modalities aligned to text one way: in their contrastive pair with text the text side is detached, so
+    # the pair trains that modality's encoder and never pulls the text encoder towards a weaker modality.
+    text_anchor: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         """Check the type and range of every field (ConfigError naming the field and the fix), before any

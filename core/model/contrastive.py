@@ -48,9 +48,11 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = None
 
 
 def contrastive_loss(pooled: dict, present: torch.Tensor, mask_absent: bool = True, temperature=0.07,
-                     weight: torch.Tensor | None = None, logit_scale: torch.Tensor | None = None):
+                     weight: torch.Tensor | None = None, logit_scale: torch.Tensor | None = None,
+                     one_way: frozenset = frozenset()):
     """pooled: m -> (B, D) in modality order; present (B, M); weight / logit_scale (B, M, M) per-sample
-    pair weights (entry [b, i, j], i < j). Returns (mean over the pairs, {"cl_<mi>_<mj>": loss})."""
+    pair weights (entry [b, i, j], i < j); one_way: (anchor, m) pairs whose anchor side is detached (the
+    pair trains m alone). Returns (mean over the pairs, {"cl_<mi>_<mj>": loss})."""
     names = list(pooled)
     feats = {m: gather_with_grad(x) for m, x in pooled.items()}
     present = gather_with_grad(present)
@@ -59,7 +61,12 @@ def contrastive_loss(pooled: dict, present: torch.Tensor, mask_absent: bool = Tr
     per_pair = {}
     for i, j in combinations(range(len(names)), 2):
         valid = present[:, i] & present[:, j] if mask_absent else None
+        a, b = feats[names[i]], feats[names[j]]
+        if (names[i], names[j]) in one_way:
+            a = a.detach()
+        elif (names[j], names[i]) in one_way:
+            b = b.detach()
         per_pair[f"cl_{names[i]}_{names[j]}"] = info_nce(
-            feats[names[i]], feats[names[j]], valid, temperature,
+            a, b, valid, temperature,
             None if weight is None else weight[:, i, j], None if logit_scale is None else logit_scale[:, i, j])
     return torch.stack(list(per_pair.values())).mean(), per_pair

@@ -198,9 +198,11 @@ def test_fused_embedding_subtracts_the_fusion_center():
 
 def test_text_anchor_is_checked():
     import pytest
-    from core.model.config import ConfigError, get_config
+    from core.model.config import ConfigError, ModelConfig, get_config
 
     assert get_config("small", text_anchor=["table", "audio"]).text_anchor == ["table", "audio"]
+    assert get_config("small-whisper").text_anchor == ["table", "audio"]  # the shipped recipe
+    assert ModelConfig.from_dict({"hidden": 384}).text_anchor == []  # a checkpoint saved before it: two-way pairs
     for bad in (["text"], ["tabel"], "table", ["table", "table"]):
         with pytest.raises(ConfigError, match="text_anchor"):
             get_config("small", text_anchor=bad)

@@ -197,7 +197,6 @@ def test_fused_embedding_subtracts_the_fusion_center():
 
 
 def test_text_anchor_is_checked():
-    import pytest
     from core.model.config import ConfigError, ModelConfig, get_config
 
     assert get_config("small", text_anchor=["table", "audio"]).text_anchor == ["table", "audio"]
@@ -206,3 +205,15 @@ def test_text_anchor_is_checked():
     for bad in (["text"], ["tabel"], "table", ["table", "table"]):
         with pytest.raises(ConfigError, match="text_anchor"):
             get_config("small", text_anchor=bad)
+
+
+def test_text_anchor_reaches_the_models_contrastive_pairs():
+    def grads(cfg):  # which encoders the text-table contrastive term alone trains
+        model = model_for(cfg)
+        batch = collate(products(4, cfg, seed=1), cfg, mask_prob=0.0)
+        model(batch).losses["cl_text_table"].backward()
+        return {m: any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoders[m].parameters())
+                for m in ("text", "table")}
+
+    assert grads(tiny()) == {"text": True, "table": True}
+    assert grads(tiny(text_anchor=["table"])) == {"text": False, "table": True}

@@ -91,3 +91,23 @@ def test_seeded_collate_is_reproducible():
     items = [fake_item(str(i)) for i in range(4)]
     a, b = Collator(seed=7)(items), Collator(seed=7)(items)
     assert torch.equal(a["text"]["ids"], b["text"]["ids"]) and torch.equal(a["audio"]["masked"], b["audio"]["masked"])
+
+
+def test_mlm_content_targets_mask_only_those_ids():
+    rng = np.random.default_rng(0)
+    ids = np.array([101, 2000, 1012, 3000, 1010, 4000, 102] * 20, dtype=np.int64)  # words, "." and ","
+    words = frozenset({2000, 3000, 4000})
+    picked = []
+    for _ in range(50):
+        _, y = mlm_mask(ids, rng, 0.3, 103, 30522, SPECIAL, targets=words)
+        picked.extend(ids[y != IGNORE].tolist())
+    assert picked and set(picked) <= words  # punctuation is never a target
+    _, y = mlm_mask(ids, np.random.default_rng(0), 1.0, 103, 30522, SPECIAL)
+    assert {1012, 1010} <= set(ids[y != IGNORE].tolist())  # without targets it is
+
+
+def test_collator_passes_mlm_targets():
+    items = [{"id": str(i), "text.ids": np.array([101, 2000, 1012, 3000, 102], dtype=np.int32)} for i in range(40)]
+    b = Collator(mask_prob=0.5, seed=0, mlm_targets=frozenset({2000}))(items)
+    labels = b["text"]["labels"]
+    assert (labels != IGNORE).any() and set(labels[labels != IGNORE].tolist()) == {2000}

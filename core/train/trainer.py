@@ -317,15 +317,26 @@ def step_record(out, step: int, epoch: int, lr: float, products: int) -> dict:
     return rec
 
 
+def mlm_targets(cfg, text_backbone: str) -> "frozenset[int] | None":
+    """The token ids MLM may mask under `cfg.mlm_targets`: the tokenizer's content words, or None (all)."""
+    if getattr(cfg, "mlm_targets", "all") != "content":
+        return None
+    from ..data.backbones import load_tokenizer
+    from ..data.masking import content_ids
+
+    return content_ids(load_tokenizer(text_backbone).get_vocab())
+
+
 @torch.no_grad()
-def validate(model, dataset: FeatureDataset, collate_missing: str, device, batch_size: int, seed: int) -> dict:
+def validate(model, dataset: FeatureDataset, collate_missing: str, device, batch_size: int, seed: int,
+             targets: "frozenset[int] | None" = None) -> dict:
     """Validation loss (fixed masking), fused category-retrieval mAP@10 (toolkit-exact) and, per
     modality, the collapse check (mean cosine of its pooled feature to their mean) over the split."""
     from ..eval.metrics import collapse_score, l2n, retrieval_scores
 
     model.eval()
     widths = {"vocab_size": model.cfg.vocab_size, "dims": dict(model.cfg.feature_dims)}
-    col = Collator(missing=collate_missing, mask_prob=0.15, seed=seed, **widths)
+    col = Collator(missing=collate_missing, mask_prob=0.15, seed=seed, mlm_targets=targets, **widths)
     emb_col = Collator(missing=collate_missing, mask_prob=0.0, **widths)
     totals: dict[str, float] = {}
     n = 0
@@ -499,8 +510,9 @@ def train(a: TrainArgs) -> Path:
     from tqdm import tqdm
     bar = tqdm(total=total, initial=step, unit="step", disable=not is_main, dynamic_ncols=True, desc="train")
     products_seen = 0
+    targets = mlm_targets(cfg, cache.backbones.text)
     steps = StepBatches(train_set, lengths, a.batch_size, a.seed, rank, world, cfg.missing, a.mask_prob,
-                        vocab_size=cfg.vocab_size, dims=dict(cfg.feature_dims))
+                        vocab_size=cfg.vocab_size, dims=dict(cfg.feature_dims), mlm_targets=targets)
     # every remaining step's batch, in order: one iterator for the run, so workers run ahead across epochs
     batch_iter = step_loader(steps, steps.keys(epoch, in_epoch, step, total, a.epochs),
                              loader_workers(a.workers, device), pin=device.type == "cuda")
@@ -555,7 +567,7 @@ def train(a: TrainArgs) -> Path:
                 epoch, in_epoch = epoch + 1, 0
                 refresh_center()
                 if is_main and val_set is not None:
-                    v = validate(model, val_set, cfg.missing, device, a.batch_size, a.seed)
+                    v = validate(model, val_set, cfg.missing, device, a.batch_size, a.seed, targets)
                     metrics_f.write(json.dumps({"step": step, "epoch": epoch, "val": v}) + "\n")
                     metrics_f.flush()
                     print(f"\nepoch {epoch} val: loss {v.get('total', float('nan')):.4f} mAP@10 {v.get('mAP@10', float('nan'))}",

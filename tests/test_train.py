@@ -228,3 +228,41 @@ def test_pretrained_lr_mult_flag_sets_the_text_group_rate():
     opt = build_optimizer(SCALE(cfg, pretrained=False), 1e-3, 0.01, a.pretrained_lr_mult, torch.device("cpu"))
     rates = {g["name"]: g["lr"] for g in opt.param_groups}
     assert rates["decay_pretrained"] == pytest.approx(3e-4) and rates["decay"] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("text_epochs", [1, None])
+def test_text_epochs_stops_the_text_encoder_and_only_it(tiny_setup, tmp_path, monkeypatch, text_epochs):
+    from core.train import trainer as T
+
+    real, seen = T.validate, []
+
+    def record(model, *a, **k):
+        seen.append({k: v.detach().clone() for k, v in model.named_parameters()})
+        return real(model, *a, **k)
+    monkeypatch.setattr(T, "validate", record)
+    manifest, cfg, cache = tiny_setup
+    T.train(T.TrainArgs(manifest=str(manifest), out=str(tmp_path / "run"), config=str(cfg), cache=str(cache),
+                        batch_size=2, split="all", val_split="val", fit_fusion_on=None, device="cpu", epochs=3,
+                        text_epochs=text_epochs))
+    after1, last = seen[0], seen[-1]
+    text = [k for k in last if k.startswith("encoders.text.")]
+    image = [k for k in last if k.startswith("encoders.image.")]
+    assert text and image
+    assert not all(torch.equal(after1[k], last[k]) for k in image)  # the other encoders train on
+    assert all(torch.equal(after1[k], last[k]) for k in text) == (text_epochs == 1)
+
+
+def test_text_epochs_is_checked_and_splits_the_groups():
+    from core.train import trainer as T
+    from core.model.config import get_config
+    from core.model.scale import SCALE
+
+    with pytest.raises(T.ScaleError, match="--text-epochs 4"):
+        T.train(T.TrainArgs(manifest="m.jsonl", out="run", epochs=3, text_epochs=4))
+    cfg = get_config("small", hidden=64, heads=4, layers={"text": 1, "table": 1, "image": 1, "video": 1, "audio": 1})
+    opt = T.build_optimizer(SCALE(cfg, pretrained=False), 1e-3, 0.01, 0.1, torch.device("cpu"), split_text=True)
+    names = {g["name"] for g in opt.param_groups}
+    assert {"decay_pretrained_text", "decay_pretrained"} <= names  # table keeps its own (pretrained) groups
+    f = T.group_schedules(opt, total=10, warmup=0.1, text_total=4)
+    for g, fn in zip(opt.param_groups, f):
+        assert (fn(4) == 0.0) == g["name"].endswith("_text") and fn(3) > 0

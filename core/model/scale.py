@@ -191,25 +191,29 @@ class SCALE(nn.Module):
         prefixes = tuple(f"encoders.{m}.{s}." for m in TOKEN_MODALITIES for s in ("embed", "blocks"))
         return {n for n, _ in self.named_parameters() if n.startswith(prefixes)}
 
-    def param_groups(self, lr: float, weight_decay: float, pretrained_lr_mult: float = 0.1) -> list[dict]:
+    def param_groups(self, lr: float, weight_decay: float, pretrained_lr_mult: float = 0.1,
+                     split_text: bool = False) -> list[dict]:
         """AdamW groups: no decay on biases, LayerNorm, embeddings, CLS tokens and the temperature;
-        pretrained text weights at lr * pretrained_lr_mult."""
+        pretrained text weights at lr * pretrained_lr_mult. split_text: the text encoder's parameters get
+        groups of their own (named "..._text"), so a scheduler can give them their own schedule."""
         no_decay = {id(p) for mod in self.modules() if isinstance(mod, (nn.Embedding, nn.LayerNorm))
                     for p in mod.parameters(recurse=False)}
         pretrained = self.pretrained_names()
-        groups: dict[tuple[bool, bool], dict] = {}
+        groups: dict[tuple[bool, bool, bool], dict] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             decay = p.ndim >= 2 and id(p) not in no_decay and not name.endswith(".cls")
             pre = name in pretrained
-            g = groups.setdefault((decay, pre), {
-                "name": f"{'decay' if decay else 'no_decay'}{'_pretrained' if pre else ''}", "params": [],
-                "lr": lr * (pretrained_lr_mult if pre else 1.0), "weight_decay": weight_decay if decay else 0.0})
+            text = split_text and name.startswith("encoders.text.")
+            g = groups.setdefault((decay, pre, text), {
+                "name": f"{'decay' if decay else 'no_decay'}{'_pretrained' if pre else ''}{'_text' if text else ''}",
+                "params": [], "lr": lr * (pretrained_lr_mult if pre else 1.0),
+                "weight_decay": weight_decay if decay else 0.0})
             g["params"].append(p)
         return list(groups.values())
 
     def configure_optimizers(self, lr: float, weight_decay: float, pretrained_lr_mult: float = 0.1,
-                             betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+                             betas: tuple[float, float] = (0.9, 0.999), split_text: bool = False) -> torch.optim.AdamW:
         """AdamW over `param_groups` (each group keeps its own lr, so LambdaLR schedules scale both)."""
-        return torch.optim.AdamW(self.param_groups(lr, weight_decay, pretrained_lr_mult), lr=lr, betas=betas)
+        return torch.optim.AdamW(self.param_groups(lr, weight_decay, pretrained_lr_mult, split_text), lr=lr, betas=betas)

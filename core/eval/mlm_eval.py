@@ -2,7 +2,8 @@
 
 Each product's text gets `prob` of its content-word tokens replaced by [MASK] (seeded); the model's
 top-1 prediction is scored against the original token. Content words: vocabulary entries of at least
-2 letters or digits once a leading "##" is removed; punctuation and one-letter pieces are left out,
+2 letters or digits once a leading "##" is removed (core.data.masking.content_ids, the rule content-word
+MLM training masks by too); punctuation and one-letter pieces are left out,
 since predicting "." or "s" says nothing a user can read. The baseline always answers the most
 frequent content token of `reference` (for example the training split's texts).
 """
@@ -13,8 +14,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-
-from ..data.masking import content_ids  # noqa: F401  (the rule the trainer's content-word masking uses too)
 
 MASK_ID = 103
 

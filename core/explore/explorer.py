@@ -445,11 +445,11 @@ def value_entities(entities: Sequence[tuple[int, str, str]], n: int = 1) -> list
 
 
 def frequency_baseline(tokenizer, texts: Sequence[str]) -> str:
-    """The most frequent content word piece (core.eval.mlm_eval.content_ids) of `texts`: the answer of a model
+    """The most frequent content word piece (core.data.masking.content_ids) of `texts`: the answer of a model
     that always guesses the same word, the floor a masked prediction should beat."""
     from collections import Counter
 
-    from ..eval.mlm_eval import content_ids
+    from ..data.masking import content_ids
 
     content = content_ids(tokenizer.get_vocab())
     counts = Counter(i for t in texts if t for i in tokenizer(t, add_special_tokens=False)["input_ids"] if i in content)

@@ -10,7 +10,9 @@ from core.eval.metrics import (
     instance_recall,
     l2n,
     linear_probe,
+    paired_bootstrap,
     pca_project,
+    query_ap,
     retrieval_scores,
 )
 
@@ -126,6 +128,34 @@ def test_toolkit_counts_queries_without_another_positive_as_zero():
     # the older variant skipped query 3 and used k = 1: P@5 (1 + 0) / 2 reads higher
     old = retrieval_scores(q, g, ["A", "A", "C"], ["A", "B"], ks=(5,), protocol="skip")
     assert old["P@5"] == pytest.approx(50.0) and old["P@5"] > r["P@5"]
+
+
+def test_query_ap_is_each_querys_ap_and_averages_to_the_map():
+    # The three queries of the case above: AP@5 = 1, 1/2, 0 (toolkit); "skip" drops query 3 and
+    # gives query 2 k = 1 (top [0]: AP 0).
+    g = np.array([[1.0], [0.5]])
+    q = np.array([[1.0], [-1.0], [1.0]])
+    ap = query_ap(q, g, ["A", "A", "C"], ["A", "B"], k=5)
+    assert ap.tolist() == pytest.approx([100.0, 50.0, 0.0])
+    assert ap.mean() == pytest.approx(retrieval_scores(q, g, ["A", "A", "C"], ["A", "B"], ks=(5,))["mAP@5"])
+    assert query_ap(q, g, ["A", "A", "C"], ["A", "B"], k=5, protocol="skip").tolist() == pytest.approx([100.0, 0.0])
+
+
+def test_paired_bootstrap_interval_of_a_difference():
+    # Every query gains exactly 2: the interval is the point 2 whatever the resampling.
+    a = np.array([50.0, 60.0, 70.0, 80.0])
+    r = paired_bootstrap(a, a - 2.0)
+    assert r["diff"] == pytest.approx(2.0) and r["lo"] == pytest.approx(2.0) and r["hi"] == pytest.approx(2.0)
+    assert r["n"] == 4
+    # One query gains 100, nine lose nothing: mean +10, and a resample without that query gives 0,
+    # so the 95% interval reaches 0 (the split cannot tell), while one gain of 10 per query can.
+    a, b = np.zeros(10), np.zeros(10)
+    a[0] = 100.0
+    r = paired_bootstrap(a, b, seed=1)
+    assert r["diff"] == pytest.approx(10.0) and r["lo"] == pytest.approx(0.0) and 10.0 < r["hi"] <= 100.0
+    assert paired_bootstrap(np.full(10, 10.0), b)["lo"] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="same length"):
+        paired_bootstrap(a, b[:3])
 
 
 def test_toolkit_singleton_category_scores_zero_not_nan():

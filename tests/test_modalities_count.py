@@ -120,6 +120,40 @@ def test_fusion_weights_fit_down_weights_a_noise_modality():
     assert weighted_sum(pooled, present, None, w).shape == (80, 16)
 
 
+def test_fusion_check_compares_fused_with_its_best_parts():
+    from core.eval.evaluate import fusion_check
+    from core.eval.metrics import retrieval_scores
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 5)
+    centers = rng.normal(size=(6, 8))
+    feats = {"text": centers[labels] + 0.9 * rng.normal(size=(30, 8)),
+             "image": centers[labels] + 1.5 * rng.normal(size=(30, 8)),
+             "table": rng.normal(size=(30, 8))}
+    present = np.zeros((30, 5), dtype=bool)
+    present[:, [INDEX["text"], INDEX["table"], INDEX["image"]]] = True
+    present[0, INDEX["video"]] = True  # one product with video: too few to score, left out
+    embed = lambda sub: sum(feats[m] for m in sub)  # noqa: E731
+    ids, labs = [str(i) for i in range(30)], labels.tolist()
+    mean_ap = lambda X: retrieval_scores(X / np.linalg.norm(X, axis=1, keepdims=True), X / np.linalg.norm(X, axis=1, keepdims=True),  # noqa: E731
+                                         labs, labs, ids, ids, ks=(10,))["mAP@10"]
+    fused = feats["text"] + feats["image"]
+    r = fusion_check(fused, embed, present, labs, ids, baseline=feats["table"])
+    assert set(r["singles"]) == {"text", "table", "image"}
+    assert set(r["pairs"]) == {"text+table", "text+image", "table+image"}
+    assert r["singles"]["text"] == pytest.approx(mean_ap(feats["text"]), abs=0.01)
+    best = max(r["singles"], key=r["singles"].get)
+    assert r["fused - best single"]["vs"] == best
+    assert r["fused - best single"]["diff"] == pytest.approx(mean_ap(fused) - mean_ap(feats[best]), abs=0.02)
+    lo, hi = r["fused - best single"]["lo"], r["fused - best single"]["hi"]
+    assert lo <= r["fused - best single"]["diff"] <= hi and r["fused - best single"]["n"] == 30
+    # fused is the text+image pair itself: the best pair can be no better, and ties give a zero interval
+    pair = r["fused - best pair"]
+    assert pair["vs"] == "text+image" and pair["diff"] == pair["lo"] == pair["hi"] == 0
+    assert r["fused - frozen"]["diff"] > 0  # the noise "baseline" is far below
+    assert "fused - frozen" not in fusion_check(fused, embed, present, labs, ids)
+
+
 def test_dev_split_is_a_stable_tenth_of_train():
     from core.data.splits import in_split, is_dev, split_of
 

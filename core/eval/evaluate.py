@@ -8,8 +8,9 @@ P@1/5/10; fused, each modality alone, the --subset sums, and cross-modal text->i
 table->image, video->text, audio->text; the older skip-singletons variant as a labelled second row),
 instance matching (image<->text R@1/5/10), linear-probe accuracy (nested 5-fold CV) and k-means
 clustering (NMI, purity) on the fused embedding; for checkpoints also the mismatch AUC of S[text, m]
-(core.eval.mismatch), the collapse check (mean cosine of each modality's pooled feature to its mean) and
-the fusion weights. `frozen` is the no-training baseline: each backbone's own pooled features,
+(core.eval.mismatch), the collapse check (mean cosine of each modality's pooled feature to its mean), the
+fusion check (fused minus the best single modality, the best pair and the frozen baseline, with paired
+bootstrap intervals over queries) and the fusion weights. `frozen` is the no-training baseline: each backbone's own pooled features,
 L2-normalized, concatenated and PCA-projected. `--seeds` summarizes one recipe's seeds as mean ± std.
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ from ..data.backbones import set_offline
 from ..model.catalog import Catalog
 from ..errors import ScaleError
 from ..data.features import FeatureCache
-from .metrics import clustering, collapse_score, concat_pca, instance_recall, l2n, linear_probe, retrieval_scores
+from .metrics import (clustering, collapse_score, concat_pca, instance_recall, l2n, linear_probe, paired_bootstrap,
+                      query_ap, retrieval_scores)
 from .mismatch import mismatch_auc
 from ..data.masking import content_ids
 from .mlm_eval import masked_word_accuracy
@@ -139,6 +141,27 @@ def frozen_blocks(cache: FeatureCache, ids: list[str]) -> tuple[dict[str, np.nda
     return blocks, present
 
 
+def fusion_check(fused: np.ndarray, embed, present: np.ndarray, labels: list[str], ids: list[str],
+                 baseline: np.ndarray | None = None) -> dict:
+    """Is the fused embedding above its parts on this split? mAP@10 (toolkit) of each modality alone
+    and of every two-modality sum, then fused minus the best single, the best pair and (when given)
+    the frozen baseline's fused embedding, each with a 95% paired bootstrap interval over queries."""
+    ap = lambda X: query_ap(l2n(np.asarray(X, np.float32)), l2n(np.asarray(X, np.float32)), labels, labels, ids, ids)  # noqa: E731
+    usable = [m for i, m in enumerate(MODALITIES) if present[:, i].sum() >= 2]
+    singles = {m: ap(embed((m,))) for m in usable}
+    pairs = {f"{a}+{b}": ap(embed((a, b))) for j, a in enumerate(usable) for b in usable[j + 1:]}
+    fused_ap = ap(fused)
+    out: dict = {"singles": {k: round(float(v.mean()), 2) for k, v in singles.items()},
+                 "pairs": {k: round(float(v.mean()), 2) for k, v in pairs.items()}}
+    for label, group in (("best single", singles), ("best pair", pairs)):
+        if group:
+            best = max(group, key=lambda k: group[k].mean())
+            out[f"fused - {label}"] = {"vs": best, **_r2(paired_bootstrap(fused_ap, group[best]))}
+    if baseline is not None:
+        out["fused - frozen"] = {"vs": "frozen", **_r2(paired_bootstrap(fused_ap, ap(baseline)))}
+    return out
+
+
 def modality_rows(name: str, embed, present: np.ndarray, labels: list[str], ids: list[str],
                   subsets: tuple[tuple[str, ...], ...]) -> dict:
     """Retrieval rows "<name> [m]" for each modality alone (over the whole split: a product without m
@@ -177,10 +200,11 @@ def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict
     out: dict = {"manifest": str(manifest), "split": split, "products": len(ids), "categories": len(set(labels)),
                  "protocol": "toolkit (evaluate_unit_v2.py: every query counted, the query in its own positives)",
                  "models": {}}
+    frozen_fused = None
     if frozen:
         blocks, present = frozen_blocks(cache, ids)  # MiniLM runs once; each row is only its own PCA
-        out["models"]["frozen"] = evaluate_embeddings(concat_pca([blocks[m] for m in MODALITIES], dim=FROZEN_DIM),
-                                                      None, present, labels, ids)
+        frozen_fused = concat_pca([blocks[m] for m in MODALITIES], dim=FROZEN_DIM)
+        out["models"]["frozen"] = evaluate_embeddings(frozen_fused, None, present, labels, ids)
         out["models"].update(modality_rows("frozen", lambda sub: concat_pca([blocks[m] for m in sub], dim=FROZEN_DIM),
                                            present, labels, ids, subsets))
     items = [dict(cache[i], id=i) for i in ids]
@@ -207,8 +231,9 @@ def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict
             row["mlm_content_words"] = masked_word_accuracy(model, items, mlm_content, reference=mlm_reference)
         out["models"][name] = row
         if name == "SCALE" or "#" in name:  # one row per modality alone and per subset (centred weighted sums)
-            out["models"].update(modality_rows(name, lambda sub: cat.embedding("sum:" + "+".join(sub)),
-                                               present, labels, ids, subsets))
+            embed = lambda sub: cat.embedding("sum:" + "+".join(sub))  # noqa: E731
+            row["fusion_check"] = fusion_check(cat.fused, embed, present, labels, ids, frozen_fused)
+            out["models"].update(modality_rows(name, embed, present, labels, ids, subsets))
     if seeds:
         out["seeds"] = {name: seed_summary(out["models"], name, len(cks)) for name, cks in seeds.items()}
     return out
@@ -225,7 +250,8 @@ HEADLINE = [("fused mAP@10", ("retrieval", "fused", "mAP@10")), ("fused mAP@1", 
             ("probe acc", ("classification", "acc")), ("NMI", ("clustering", "nmi")),
             *((f"mismatch AUC {m}", ("mismatch_auc", m, "auc")) for m in ("table", "image", "video", "audio")),
             *((f"collapse {m}", ("collapse", m)) for m in MODALITIES),
-            ("MLM content-word top-1", ("mlm_content_words", "top1"))]
+            ("MLM content-word top-1", ("mlm_content_words", "top1")),
+            *((f"fused - {k}", ("fusion_check", f"fused - {k}", "diff")) for k in ("best single", "best pair", "frozen"))]
 
 
 def _dig(d: dict, path: tuple):
@@ -309,6 +335,10 @@ def print_report(res: dict) -> None:
             w = r["mlm_content_words"]
             print(f"{name} masked content words: top-1 {w['top1']:.1f}%, top-5 {w['top5']:.1f}% "
                   f"(most-frequent-word baseline {w['baseline_top1']:.1f}%, {w['masked']} masked)")
+        for k, v in r.get("fusion_check", {}).items():
+            if k.startswith("fused - "):
+                print(f"{name} {k} ({v['vs']}): {v['diff']:+.2f} mAP@10, 95% interval [{v['lo']:+.2f}, {v['hi']:+.2f}] "
+                      f"over {v['n']} queries" + (" (cannot tell)" if v["lo"] <= 0 <= v["hi"] else ""))
         if "fusion_weights" in r:
             print(f"{name} fusion weights: " + ", ".join(f"{m} {v:g}" for m, v in r["fusion_weights"].items()))
     if res.get("seeds"):

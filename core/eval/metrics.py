@@ -4,6 +4,8 @@ Follows the M5Product toolkit's protocol (docs/SCALE.md section 8):
 
 - `retrieval_scores`: category-level retrieval, mAP@K and P@K (x100), dot-product scores,
   the query's own id dropped from its ranking; toolkit-exact by default (`protocol`).
+- `query_ap` / `paired_bootstrap`: per-query AP@K, and a paired bootstrap interval of the difference
+  between two embeddings of the same queries (is fused really above text alone on this split?).
 - `instance_recall`: instance-level cross-modal matching, Recall@K (x100), row i matches row i.
 - `linear_probe`: logistic regression on frozen embeddings, nested k-fold cross-validation.
 - `clustering`: k-means, NMI and purity (x100).
@@ -32,6 +34,8 @@ from sklearn.preprocessing import StandardScaler
 __all__ = [
     "l2n",
     "retrieval_scores",
+    "query_ap",
+    "paired_bootstrap",
     "instance_recall",
     "linear_probe",
     "clustering",
@@ -75,6 +79,65 @@ def _encode_pair(a: Sequence[Any], b: Sequence[Any]) -> tuple[np.ndarray, np.nda
 RETRIEVAL_PROTOCOLS = ("toolkit", "skip")
 
 
+def _per_query(query, gallery, query_labels, gallery_labels, query_ids, gallery_ids, ks, chunk: int,
+               protocol: str) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], np.ndarray]:
+    """AP@K and P@K (fractions) of every query for each K, and which queries the protocol counts."""
+    if protocol not in RETRIEVAL_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {RETRIEVAL_PROTOCOLS}, got {protocol!r}")
+    q = _as_2d("query", query)
+    g = _as_2d("gallery", gallery)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
+    nq, ng = len(q), len(g)
+    if len(query_labels) != nq or len(gallery_labels) != ng:
+        raise ValueError("query_labels / gallery_labels must match query / gallery rows")
+    if (query_ids is None) != (gallery_ids is None):
+        raise ValueError("give both query_ids and gallery_ids, or neither")
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    ql, gl = _encode_pair(query_labels, gallery_labels)
+    use_ids = query_ids is not None
+    if use_ids:
+        if len(query_ids) != nq or len(gallery_ids) != ng:  # type: ignore[arg-type]
+            raise ValueError("query_ids / gallery_ids must match query / gallery rows")
+        qi, gi = _encode_pair(query_ids, gallery_ids)  # type: ignore[arg-type]
+    toolkit = protocol == "toolkit"
+
+    max_k = max(ks)
+    ap_all = {k: np.zeros(nq) for k in ks}
+    p_all = {k: np.zeros(nq) for k in ks}
+    counted = np.zeros(nq, dtype=bool)
+    pos_range = np.arange(max_k)
+    for start in range(0, nq, max(1, int(chunk))):
+        stop = min(start + max(1, int(chunk)), nq)
+        scores = (q[start:stop] @ g.T).astype(np.float64)  # (C, Ng)
+        keep = np.ones_like(scores, dtype=bool)
+        if use_ids:
+            keep = qi[start:stop, None] != gi[None, :]
+        positive = (ql[start:stop, None] == gl[None, :]) & keep
+        n_pos = positive.sum(1) + (1 if toolkit else 0)  # toolkit: the query is in its own pos_set
+        n_ranked = keep.sum(1)
+        scores = np.where(keep, scores, -np.inf)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :max_k]  # (C, <=max_k)
+        rel = np.take_along_axis(positive, top, axis=1)  # dropped items are never positive
+        width = rel.shape[1]
+        ok = np.ones(len(n_pos), dtype=bool) if toolkit else n_pos > 0
+        counted[start:stop] = ok
+        for K in ks:
+            kk = np.minimum(np.minimum(K, n_pos), n_ranked)  # (C,)
+            inside = pos_range[None, :width] < kk[:, None]
+            hit = rel & inside
+            hits = hit.sum(1)
+            prec = np.cumsum(hit, axis=1) / (pos_range[None, :width] + 1.0)
+            ap = np.where(hits > 0, (prec * hit).sum(1) / np.maximum(hits, 1), 0.0)
+            p = hits / np.maximum(kk, 1)
+            ap_all[K][start:stop] = ap
+            p_all[K][start:stop] = p
+
+    return ap_all, p_all, counted
+
+
 def retrieval_scores(
     query: np.ndarray,
     gallery: np.ndarray,
@@ -100,66 +163,46 @@ def retrieval_scores(
     excludes the query, and queries without another positive are skipped. It reads higher.
     With no query at all (or none usable under "skip"), every score is NaN.
     """
-    if protocol not in RETRIEVAL_PROTOCOLS:
-        raise ValueError(f"protocol must be one of {RETRIEVAL_PROTOCOLS}, got {protocol!r}")
-    q = _as_2d("query", query)
-    g = _as_2d("gallery", gallery)
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
-    nq, ng = len(q), len(g)
-    if len(query_labels) != nq or len(gallery_labels) != ng:
-        raise ValueError("query_labels / gallery_labels must match query / gallery rows")
-    if (query_ids is None) != (gallery_ids is None):
-        raise ValueError("give both query_ids and gallery_ids, or neither")
-    ks = tuple(int(k) for k in ks)
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
-    ql, gl = _encode_pair(query_labels, gallery_labels)
-    use_ids = query_ids is not None
-    if use_ids:
-        if len(query_ids) != nq or len(gallery_ids) != ng:  # type: ignore[arg-type]
-            raise ValueError("query_ids / gallery_ids must match query / gallery rows")
-        qi, gi = _encode_pair(query_ids, gallery_ids)  # type: ignore[arg-type]
-    toolkit = protocol == "toolkit"
-
-    max_k = max(ks)
-    ap_sum = {k: 0.0 for k in ks}
-    p_sum = {k: 0.0 for k in ks}
-    used = 0
-    pos_range = np.arange(max_k)
-    for start in range(0, nq, max(1, int(chunk))):
-        stop = min(start + max(1, int(chunk)), nq)
-        scores = (q[start:stop] @ g.T).astype(np.float64)  # (C, Ng)
-        keep = np.ones_like(scores, dtype=bool)
-        if use_ids:
-            keep = qi[start:stop, None] != gi[None, :]
-        positive = (ql[start:stop, None] == gl[None, :]) & keep
-        n_pos = positive.sum(1) + (1 if toolkit else 0)  # toolkit: the query is in its own pos_set
-        n_ranked = keep.sum(1)
-        scores = np.where(keep, scores, -np.inf)
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :max_k]  # (C, <=max_k)
-        rel = np.take_along_axis(positive, top, axis=1)  # dropped items are never positive
-        width = rel.shape[1]
-        ok = np.ones(len(n_pos), dtype=bool) if toolkit else n_pos > 0
-        used += int(ok.sum())
-        for K in ks:
-            kk = np.minimum(np.minimum(K, n_pos), n_ranked)  # (C,)
-            inside = pos_range[None, :width] < kk[:, None]
-            hit = rel & inside
-            hits = hit.sum(1)
-            prec = np.cumsum(hit, axis=1) / (pos_range[None, :width] + 1.0)
-            ap = np.where(hits > 0, (prec * hit).sum(1) / np.maximum(hits, 1), 0.0)
-            p = hits / np.maximum(kk, 1)
-            ap_sum[K] += float(ap[ok].sum())
-            p_sum[K] += float(p[ok].sum())
-
+    ap, p, ok = _per_query(query, gallery, query_labels, gallery_labels, query_ids, gallery_ids, ks, chunk, protocol)
+    used = int(ok.sum())
     out: dict[str, float | int] = {}
-    for K in ks:
-        out[f"mAP@{K}"] = 100.0 * ap_sum[K] / used if used else float("nan")
-        out[f"P@{K}"] = 100.0 * p_sum[K] / used if used else float("nan")
+    for K in ap:
+        out[f"mAP@{K}"] = 100.0 * float(ap[K][ok].mean()) if used else float("nan")
+        out[f"P@{K}"] = 100.0 * float(p[K][ok].mean()) if used else float("nan")
     out["queries"] = used
-    out["queries_skipped"] = nq - used
+    out["queries_skipped"] = len(ok) - used
     return out
+
+
+def query_ap(query: np.ndarray, gallery: np.ndarray, query_labels: Sequence[Any], gallery_labels: Sequence[Any],
+             query_ids: Sequence[Any] | None = None, gallery_ids: Sequence[Any] | None = None, k: int = 10,
+             protocol: str = "toolkit") -> np.ndarray:
+    """Per-query AP@k (x100) of the queries `retrieval_scores` counts (its mAP@k is their mean), in
+    query order; the input of `paired_bootstrap`."""
+    ap, _, ok = _per_query(query, gallery, query_labels, gallery_labels, query_ids, gallery_ids, (k,), 512, protocol)
+    return 100.0 * ap[int(k)][ok]
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, float | int]:
+    """Mean of a - b over paired per-query scores (two embeddings of the same queries) and its
+    percentile bootstrap interval: queries are resampled with replacement, the gallery stays fixed.
+    Returns {"diff", "lo", "hi", "n"}; an interval that holds 0 means the split cannot tell a from b."""
+    a, b = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores must have the same length, got {a.size} and {b.size}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if a.size == 0:
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
+    d = a - b
+    rng = np.random.default_rng(seed)
+    means = np.empty(int(n_boot))
+    for s in range(0, len(means), 256):  # chunks keep the index matrix small for large splits
+        idx = rng.integers(0, d.size, size=(min(256, len(means) - s), d.size))
+        means[s: s + len(idx)] = d[idx].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi), "n": int(d.size)}
 
 
 def instance_recall(

@@ -10,8 +10,8 @@ instance matching (image<->text R@1/5/10), linear-probe accuracy (nested 5-fold 
 clustering (NMI, purity) on the fused embedding; for checkpoints also the mismatch AUC of S[text, m]
 (core.eval.mismatch), the collapse check (mean cosine of each modality's pooled feature to its mean), the
 fusion check (fused minus the best single modality, the best pair and the frozen baseline, with paired
-bootstrap intervals over queries) and the fusion weights. `frozen` is the no-training baseline: each backbone's own pooled features,
-L2-normalized, concatenated and PCA-projected. `--seeds` summarizes one recipe's seeds as mean ± std.
+bootstrap intervals over queries) and the fusion weights. `frozen` is the no-training baseline: each
+backbone's own pooled features, L2-normalized, concatenated and PCA-projected. `--seeds` summarizes one recipe's seeds as mean ± std.
 """
 from __future__ import annotations
 
@@ -146,7 +146,10 @@ def fusion_check(fused: np.ndarray, embed, present: np.ndarray, labels: list[str
     """Is the fused embedding above its parts on this split? mAP@10 (toolkit) of each modality alone
     and of every two-modality sum, then fused minus the best single, the best pair and (when given)
     the frozen baseline's fused embedding, each with a 95% paired bootstrap interval over queries."""
-    ap = lambda X: query_ap(l2n(np.asarray(X, np.float32)), l2n(np.asarray(X, np.float32)), labels, labels, ids, ids)  # noqa: E731
+    def ap(X: np.ndarray) -> np.ndarray:
+        X = l2n(np.asarray(X, np.float32))
+        return query_ap(X, X, labels, labels, ids, ids)
+
     usable = [m for i, m in enumerate(MODALITIES) if present[:, i].sum() >= 2]
     singles = {m: ap(embed((m,))) for m in usable}
     pairs = {f"{a}+{b}": ap(embed((a, b))) for j, a in enumerate(usable) for b in usable[j + 1:]}

@@ -122,7 +122,7 @@ def test_fusion_weights_fit_down_weights_a_noise_modality():
 
 def test_fusion_check_compares_fused_with_its_best_parts():
     from core.eval.evaluate import fusion_check
-    from core.eval.metrics import retrieval_scores
+    from core.eval.metrics import l2n, retrieval_scores
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(6), 5)
@@ -135,8 +135,11 @@ def test_fusion_check_compares_fused_with_its_best_parts():
     present[0, INDEX["video"]] = True  # one product with video: too few to score, left out
     embed = lambda sub: sum(feats[m] for m in sub)  # noqa: E731
     ids, labs = [str(i) for i in range(30)], labels.tolist()
-    mean_ap = lambda X: retrieval_scores(X / np.linalg.norm(X, axis=1, keepdims=True), X / np.linalg.norm(X, axis=1, keepdims=True),  # noqa: E731
-                                         labs, labs, ids, ids, ks=(10,))["mAP@10"]
+
+    def mean_ap(X):
+        X = l2n(X)
+        return retrieval_scores(X, X, labs, labs, ids, ids, ks=(10,))["mAP@10"]
+
     fused = feats["text"] + feats["image"]
     r = fusion_check(fused, embed, present, labs, ids, baseline=feats["table"])
     assert set(r["singles"]) == {"text", "table", "image"}

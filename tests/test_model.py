@@ -230,3 +230,27 @@ def test_text_anchor_reaches_the_models_contrastive_pairs():
 
     assert grads(tiny()) == {"text": True, "table": True}
     assert grads(tiny(text_anchor=["table"])) == {"text": False, "table": True}
+
+
+def test_clean_contrastive_view_aligns_the_unmasked_features():
+    from core.model.config import ConfigError, ModelConfig
+
+    assert ModelConfig.from_dict({"hidden": 384}).contrastive_view == "masked"  # older checkpoints: one pass
+    with pytest.raises(ConfigError, match="contrastive_view"):
+        tiny(contrastive_view="unmasked")
+    items = products(6, tiny(), seed=3)
+    masked_batch = collate(items, tiny(), mask_prob=0.5, seed=1)
+    clean_batch = collate(items, tiny(), mask_prob=0.0)
+
+    def pooled(cfg, batch, losses=True):
+        model = model_for(cfg).train()  # dropout 0: the passes are deterministic
+        out = model(batch, compute_losses=losses)
+        return out.pooled, out.losses
+
+    reference, _ = pooled(tiny(), clean_batch, losses=False)
+    clean, losses = pooled(tiny(contrastive_view="clean"), masked_batch)
+    masked, _ = pooled(tiny(), masked_batch)
+    for m in MODALITIES:  # the clean view sees every word and item the masking hid
+        torch.testing.assert_close(clean[m], reference[m], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(masked[m], reference[m], atol=1e-3)
+    assert losses["mlm"] > 0 and losses["mrp"] > 0  # the pretext tasks still run on the masked pass

@@ -19,6 +19,7 @@ MISSING_MODES = ("mask", "zero")
 HARMONIZE_MODES = ("loss", "logits", "none")
 FUSION_MODES = ("pooled", "cls")
 MLM_TARGETS = ("all", "content")
+CONTRASTIVE_VIEWS = ("masked", "clean")
 
 
 class ConfigError(ScaleError, ValueError):
@@ -109,7 +110,7 @@ _CHECKS = {
     "image_global": _choice("masked", "given"), "center_harmony": _bool,
     "harmony_temperature": _float(0, lo_open=True), "center_momentum": _float(0, 1),
     "audio_backbone": _choice(*AUDIO_BACKBONES), "text_anchor": _subset(tuple(m for m in MODALITIES if m != "text")),
-    "mlm_targets": _choice(*MLM_TARGETS),
+    "mlm_targets": _choice(*MLM_TARGETS), "contrastive_view": _choice(*CONTRASTIVE_VIEWS),
 }
 
 
@@ -176,6 +177,11 @@ class ModelConfig:
     # Tokens MLM masks in training: "all" non-special tokens (BERT), or "content" words only (at least 2
     # letters or digits, core.data.masking.content_ids), the words the app shows and core.eval scores.
     mlm_targets: str = "all"
+    # Inputs behind the pooled features that the contrastive loss, S and the fusion centre see in training:
+    # "masked" = the pretext tasks' inputs (words, regions, frames masked; one encoder pass, as the authors),
+    # "clean" = a second encoder pass over the unmasked inputs (as ALBEF's image-text contrastive loss), so
+    # the pairs align the same features retrieval embeds. Evaluation never masks, so only training differs.
+    contrastive_view: str = "masked"
 
     def __post_init__(self) -> None:
         """Check the type and range of every field (ConfigError naming the field and the fix), before any

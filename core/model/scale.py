@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MISSING_MODES, ModelConfig
+from ..data.masking import IGNORE
 from .contrastive import contrastive_loss
 from .encoders import build_encoders, load_bert_into, pretrained_text_state
 from .score_matrix import harmony
@@ -102,13 +103,15 @@ class SCALE(nn.Module):
             raise ValueError(f"missing must be one of {MISSING_MODES}, got {missing!r}")
         predict = not self.training if predict is None else predict
         present = torch.stack([batch[m]["present"] for m in MODALITIES], dim=1)  # (B, 5)
-        states, masks, pooled = {}, {}, {}
+        states, masks, pooled, given = {}, {}, {}, {}
         for i, m in enumerate(MODALITIES):
             p = present[:, i, None]
             # missing="mask": absent tokens are never attended; "zero": absent zero tokens are attended
-            mask = batch[m]["mask"] & p if missing == "mask" else batch[m]["mask"] | ~p
+            given[m] = mask = batch[m]["mask"] & p if missing == "mask" else batch[m]["mask"] | ~p
             states[m], masks[m] = self.encoders[m](batch[m], mask)  # (B, L_m, H), (B, L_m)
             pooled[m] = self.encoders[m].pool(states[m], masks[m])  # (B, H)
+        if self.training and compute_losses and cfg.contrastive_view == "clean":
+            pooled = self._clean_pooled(batch, given)
         outs, token_mask, token_type, attention = self.jct(states, masks, return_attention)
         cls = {m: outs[m][:, 0] for m in MODALITIES}
         # Fused product embedding: the authors retrieve with the sum of modality features; we sum the
@@ -137,6 +140,20 @@ class SCALE(nn.Module):
             result.pooled = {m: torch.where(present[:, i, None], x, 0.0) for i, (m, x) in enumerate(pooled.items())}
             result.cls = {m: torch.where(present[:, i, None], x, 0.0) for i, (m, x) in enumerate(cls.items())}
         return result
+
+    def _clean_pooled(self, batch: dict, given: dict) -> dict:
+        """Pooled features of a second encoder pass over the unmasked inputs (contrastive_view="clean"): masked
+        words get their labels back, masked items their target features. The pretext tasks keep the masked pass."""
+        pooled = {}
+        for m in MODALITIES:
+            inp = batch[m]
+            if m in TOKEN_MODALITIES:
+                inp = {**inp, "ids": torch.where(inp["labels"] != IGNORE, inp["labels"], inp["ids"])}
+            elif "target" in inp:
+                inp = {**inp, "feats": inp["target"], "masked": torch.zeros_like(inp["masked"])}
+            states, mask = self.encoders[m](inp, given[m])  # given: the input mask of the masked pass
+            pooled[m] = self.encoders[m].pool(states, mask)
+        return pooled
 
     @torch.no_grad()
     def _follow_center(self, source: dict, present: torch.Tensor) -> None:

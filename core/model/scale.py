@@ -19,12 +19,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MISSING_MODES, ModelConfig
-from ..data.masking import IGNORE
 from .contrastive import contrastive_loss
 from .encoders import build_encoders, load_bert_into, pretrained_text_state
 from .score_matrix import harmony
 from .heads import FeatureHead, TokenHead, feature_task, token_task
 from .jct import JointCoTransformer
+from ..data.masking import IGNORE
 from ..modalities import FEATURE_MODALITIES, MODALITIES, PRETEXT, TOKEN_MODALITIES
 
 

@@ -103,14 +103,16 @@ class SCALE(nn.Module):
             raise ValueError(f"missing must be one of {MISSING_MODES}, got {missing!r}")
         predict = not self.training if predict is None else predict
         present = torch.stack([batch[m]["present"] for m in MODALITIES], dim=1)  # (B, 5)
+        clean_view = self.training and compute_losses and cfg.contrastive_view == "clean"
         states, masks, pooled, given = {}, {}, {}, {}
         for i, m in enumerate(MODALITIES):
             p = present[:, i, None]
             # missing="mask": absent tokens are never attended; "zero": absent zero tokens are attended
             given[m] = mask = batch[m]["mask"] & p if missing == "mask" else batch[m]["mask"] | ~p
             states[m], masks[m] = self.encoders[m](batch[m], mask)  # (B, L_m, H), (B, L_m)
-            pooled[m] = self.encoders[m].pool(states[m], masks[m])  # (B, H)
-        if self.training and compute_losses and cfg.contrastive_view == "clean":
+            if not clean_view:
+                pooled[m] = self.encoders[m].pool(states[m], masks[m])  # (B, H)
+        if clean_view:  # the pooled features come from a second, unmasked pass
             pooled = self._clean_pooled(batch, given)
         outs, token_mask, token_type, attention = self.jct(states, masks, return_attention)
         cls = {m: outs[m][:, 0] for m in MODALITIES}
@@ -149,7 +151,7 @@ class SCALE(nn.Module):
             inp = batch[m]
             if m in TOKEN_MODALITIES:
                 inp = {**inp, "ids": torch.where(inp["labels"] != IGNORE, inp["labels"], inp["ids"])}
-            elif "target" in inp:
+            else:  # the collate always keeps the unmasked features as "target"
                 inp = {**inp, "feats": inp["target"], "masked": torch.zeros_like(inp["masked"])}
             states, mask = self.encoders[m](inp, given[m])  # given: the input mask of the masked pass
             pooled[m] = self.encoders[m].pool(states, mask)

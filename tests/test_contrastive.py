@@ -1,10 +1,10 @@
-"""InfoNCE against a direct numpy computation; absent rows never act as positives."""
+"""InfoNCE against a direct numpy computation; absent rows never act as positives; soft targets."""
 from itertools import combinations
 
 import numpy as np
 import torch
 
-from core.model.contrastive import contrastive_loss, gather_with_grad, info_nce
+from core.model.contrastive import contrastive_loss, gather_with_grad, info_nce, soft_partners
 from scale_testkit import one_thread  # noqa: F401  (autouse)
 
 
@@ -74,3 +74,57 @@ def test_one_way_pair_trains_the_other_side_only():
     assert pooled["text"].grad is None and pooled["table"].grad.abs().sum() > 0
     per["cl_text_image"].backward()
     assert pooled["text"].grad.abs().sum() > 0  # a two-way pair still trains text
+
+
+def test_soft_partners_on_a_hand_made_case():
+    teacher = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    valid = torch.tensor([True, True, True, False])
+    got = soft_partners(teacher, valid, temperature=0.5)
+    e2 = np.exp(2.0)  # cosine 1 / 0.5 against cosine 0 / 0.5
+    expect = [[0, e2 / (e2 + 1), 1 / (e2 + 1), 0], [e2 / (e2 + 1), 0, 1 / (e2 + 1), 0], [0.5, 0.5, 0, 0], [0, 0, 0, 0]]
+    np.testing.assert_allclose(got.numpy(), expect, rtol=1e-6)  # no self, no invalid partner, an invalid row is 0
+    assert soft_partners(teacher, torch.tensor([True, False, False, False]), 0.5).sum() == 0  # no partner at all
+
+
+def test_soft_targets_match_a_direct_cross_entropy():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
+    valid = np.array([1, 1, 0, 1], dtype=bool)
+    soft = np.array([[0, .7, .2, .1], [.5, 0, .5, 0], [.3, .3, 0, .4], [0, 0, 0, 0]])  # row 3: no partner
+    share, T, B = 0.4, 0.1, 4
+    z = np.concatenate([a, b])
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    v = np.concatenate([valid, valid])
+    losses = []
+    for r in np.flatnonzero(v):
+        p, cols = r % B, [c for c in range(2 * B) if c != r and v[c]]
+        logits = np.array([z[r] @ z[c] / T for c in cols])
+        logp = logits - np.log(np.exp(logits).sum())
+        other = 0 if r >= B else B  # targets lie in the other modality's rows
+        row = soft[p] * valid  # the invalid product 2 is no partner; renormalized
+        row = row / row.sum() if row.sum() > 0 else row
+        s = share if row.sum() > 0 else 0.0
+        target = {other + p: 1 - s, **{other + q: s * row[q] for q in range(B) if row[q] > 0}}
+        losses.append(-sum(t * logp[cols.index(c)] for c, t in target.items()))
+    got = info_nce(torch.tensor(a), torch.tensor(b), torch.tensor(valid), T, soft=torch.tensor(soft), soft_share=share)
+    np.testing.assert_allclose(got.item(), np.mean(losses), rtol=1e-9)
+    one_hot = info_nce(torch.tensor(a), torch.tensor(b), torch.tensor(valid), T)
+    assert not np.isclose(got.item(), one_hot.item())
+    no_partner = info_nce(torch.tensor(a), torch.tensor(b), torch.tensor(valid), T, soft=torch.zeros(4, 4), soft_share=share)
+    torch.testing.assert_close(no_partner, one_hot)  # rows without partners stay one-hot
+
+
+def test_soft_targets_follow_the_teacher_and_keep_gradients_finite():
+    torch.manual_seed(0)
+    names = ("text", "table", "image")
+    pooled = {m: torch.randn(6, 8, requires_grad=True) for m in names}
+    present = torch.ones(6, 3, dtype=torch.bool)
+    present[1, 2] = present[4, 0] = False  # an absent image, an absent text (no teacher for that product)
+    total, per = contrastive_loss(pooled, present, soft_share=0.3)
+    plain, _ = contrastive_loss(pooled, present)
+    assert not torch.allclose(total, plain)
+    total.backward()
+    assert all(torch.isfinite(x.grad).all() for x in pooled.values())
+    soft = soft_partners(pooled["text"], present[:, 0], 0.05)
+    torch.testing.assert_close(per["cl_table_image"], info_nce(pooled["table"], pooled["image"], present[:, 1] & present[:, 2],
+                                                               0.07, soft=soft, soft_share=0.3))

@@ -254,3 +254,17 @@ def test_clean_contrastive_view_aligns_the_unmasked_features():
         torch.testing.assert_close(clean[m], reference[m], atol=1e-5, rtol=1e-5)
         assert not torch.allclose(masked[m], reference[m], atol=1e-3)
     assert losses["mlm"] > 0 and losses["mrp"] > 0  # the pretext tasks still run on the masked pass
+
+
+def test_soft_targets_are_checked_and_reach_the_models_contrastive_loss():
+    from core.model.config import ConfigError, ModelConfig
+
+    assert ModelConfig.from_dict({"hidden": 384}).soft_targets == 0.0  # older checkpoints: one-hot targets
+    for bad in ({"soft_targets": 1.0}, {"soft_targets": -0.1}, {"soft_target_temperature": 0.0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            tiny(**bad)
+    batch = collate(products(6, tiny(), seed=2), tiny(), mask_prob=0.0)
+    plain = model_for(tiny()).train()(batch).losses
+    soft = model_for(tiny(soft_targets=0.4)).train()(batch).losses
+    assert torch.isfinite(soft["contrastive"]) and not torch.allclose(soft["contrastive"], plain["contrastive"])
+    torch.testing.assert_close(soft["mlm"], plain["mlm"])  # only the contrastive targets change

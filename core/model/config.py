@@ -111,6 +111,7 @@ _CHECKS = {
     "harmony_temperature": _float(0, lo_open=True), "center_momentum": _float(0, 1),
     "audio_backbone": _choice(*AUDIO_BACKBONES), "text_anchor": _subset(tuple(m for m in MODALITIES if m != "text")),
     "mlm_targets": _choice(*MLM_TARGETS), "contrastive_view": _choice(*CONTRASTIVE_VIEWS),
+    "soft_targets": _float(0, 1, hi_open=True), "soft_target_temperature": _float(0, lo_open=True),
 }
 
 
@@ -182,6 +183,11 @@ class ModelConfig:
     # "clean" = a second encoder pass over the unmasked inputs (as ALBEF's image-text contrastive loss), so
     # the pairs align the same features retrieval embeds. Evaluation never masks, so only training differs.
     contrastive_view: str = "masked"
+    # False negatives: share of each contrastive row's target spread over the other products in the batch by
+    # their detached text similarity (softmax of cosine / soft_target_temperature), so products whose titles
+    # are near each other are not pushed apart as pure negatives. 0 = one-hot targets (InfoNCE, as the authors).
+    soft_targets: float = 0.0
+    soft_target_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         """Check the type and range of every field (ConfigError naming the field and the fix), before any

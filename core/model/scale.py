@@ -192,7 +192,7 @@ class SCALE(nn.Module):
         temperature = 1.0 / self.logit_scale.exp().clamp(max=100.0)
         one_way = frozenset(("text", m) for m in cfg.text_anchor)
         losses["contrastive"], per_pair = contrastive_loss(pooled, in_S, missing == "mask", temperature, weight, scale,
-                                                           one_way)
+                                                           one_way, cfg.soft_targets, "text", cfg.soft_target_temperature)
         losses.update(per_pair)
         losses["total"] = sum(cfg.loss_weights.get(k, 1.0) * losses[k] for k in (*PRETEXT.values(), "contrastive"))
         result.losses, result.predictions = losses, preds

@@ -17,9 +17,9 @@ def outputs(model, batch):
     return out.fused, out.losses["total"], out.predictions["mrp"]["recon"]
 
 
-@pytest.mark.parametrize("share", [False, True])
-def test_round_trip_identical_outputs(tmp_path, share):
-    cfg = tiny(share_text_table=share, learn_temperature=True)
+@pytest.mark.parametrize("share,table_trains_text", [(False, True), (True, True), (True, False)])
+def test_round_trip_identical_outputs(tmp_path, share, table_trains_text):
+    cfg = tiny(share_text_table=share, table_trains_text=table_trains_text, learn_temperature=True)
     torch.manual_seed(0)
     model = SCALE(cfg)
     batch = collate(products(3, cfg), cfg, mask_prob=0.3)
@@ -31,8 +31,11 @@ def test_round_trip_identical_outputs(tmp_path, share):
     assert meta["extra"]["epoch"] == 2 and meta["backbones"] == {"text": cfg.text_backbone, "audio": "logmel",
                                                               "image": "efficientnet-lite0"}
     assert loaded.checkpoint_info["model"]["share_text_table"] is share
-    if share:
+    if share and table_trains_text:
         assert loaded.encoders["table"].blocks is loaded.encoders["text"].blocks
+    elif share:  # the table reads through the text layers and keeps blocks of its own
+        assert loaded.encoders["table"].reader_blocks is loaded.encoders["text"].blocks
+        assert loaded.encoders["table"].embed is loaded.encoders["text"].embed
 
 
 def test_float16_save_loads_as_float32(tmp_path):

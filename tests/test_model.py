@@ -268,3 +268,21 @@ def test_soft_targets_are_checked_and_reach_the_models_contrastive_loss():
     soft = model_for(tiny(soft_targets=0.4)).train()(batch).losses
     assert torch.isfinite(soft["contrastive"]) and not torch.allclose(soft["contrastive"], plain["contrastive"])
     torch.testing.assert_close(soft["mlm"], plain["mlm"])  # only the contrastive targets change
+
+
+def test_a_table_that_reads_through_the_text_layers_never_trains_them():
+    def grads(cfg):  # which parameters the table's encoder pass passes gradient to (MEM also reaches text via the JCT)
+        model = model_for(cfg).train()
+        batch = collate(products(4, cfg, seed=1), cfg, mask_prob=0.3, seed=2)
+        model(batch).losses["cl_table_image"].backward()
+        reached = lambda mod: any(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())  # noqa: E731
+        return reached(model.encoders["text"]), reached(model.encoders["table"].blocks), model
+
+    shared, own, _ = grads(tiny(share_text_table=True))
+    assert shared and own  # the authors' sharing: the table trains the text layers
+    shared, own, model = grads(tiny(share_text_table=True, table_trains_text=False))
+    assert not shared and own
+    assert len(model.encoders["table"].blocks) == tiny().layers["table"]  # its own blocks, on top of the text's
+    assert not any(n.startswith("encoders.table.") for n in model.pretrained_names())  # full lr for them
+    torch.testing.assert_close(  # the reader sees the text layers' weights as they are
+        model.encoders["table"].reader_blocks[0].qkv.weight, model.encoders["text"].blocks[0].qkv.weight)

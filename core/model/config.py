@@ -102,7 +102,7 @@ _CHECKS = {
     "attn_dropout": _float(0, 1, hi_open=True), "layer_norm_eps": _float(0, 1, lo_open=True),
     "feature_dims": _table(FEATURE_MODALITIES, _int(1)), "box_dim": _int(1), "vocab_size": _int(2),
     "max_positions": _int(2), "max_items": _int(1), "text_backbone": _text,
-    "init_text_from_pretrained": _bool, "share_text_table": _bool, "missing": _choice(*MISSING_MODES),
+    "init_text_from_pretrained": _bool, "share_text_table": _bool, "table_trains_text": _bool, "missing": _choice(*MISSING_MODES),
     "harmonize": _choice(*HARMONIZE_MODES), "detach_harmony": _bool, "temperature": _float(0, lo_open=True),
     "learn_temperature": _bool, "loss_weights": _table((*PRETEXT.values(), "contrastive"), _float(0), required=False),
     "topk": _int(1), "fusion": _choice(*FUSION_MODES), "center_fusion": _bool,
@@ -135,6 +135,10 @@ class ModelConfig:
     text_backbone: str = DEFAULT_TEXT
     init_text_from_pretrained: bool = True  # copy MiniLM embeddings + first k layers into text (and table)
     share_text_table: bool = False  # authors' code shares them; paper Table 8 prefers separate encoders
+    # With share_text_table: False = the table reads through the text encoder's embedding and layers without
+    # gradient and trains only its own `layers.table` blocks on top (and its pooler), so the table's pass never
+    # moves the text layers (the JCT still mixes the two); True = the shared layers learn from both (authors' code).
+    table_trains_text: bool = True
     missing: str = "mask"  # "mask" (ours) | "zero" (authors' zero imputation)
     harmonize: str = "loss"  # "loss" (paper) | "logits" (authors' code) | "none" (uniform ablation)
     detach_harmony: bool = True

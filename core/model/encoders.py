@@ -164,13 +164,35 @@ class ModalityEncoder(nn.Module):
         return self.pooler(x)
 
 
+class ReaderEncoder(ModalityEncoder):
+    """A token encoder that reads through another encoder's embedding and layers without gradient (the
+    `reader`, a frozen view of shared weights) and then through `blocks` of its own, which do train."""
+
+    def __init__(self, reader: ModalityEncoder, blocks: nn.ModuleList, hidden: int, type_id: int = 0,
+                 pool: str = "first") -> None:
+        super().__init__(reader.embed, blocks, hidden, type_id=type_id, pool=pool)
+        self.reader_blocks = reader.blocks
+
+    def forward(self, inp: dict, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():  # the inputs are token ids, so no gradient reaches the shared weights
+            x, mask = self.embed(inp, mask, self.type_id)
+            attn = attention_mask(mask)
+            for blk in self.reader_blocks:
+                x, _ = blk(x, attn)
+        for blk in self.blocks:
+            x, _ = blk(x, attn)
+        return x, mask
+
+
 def build_encoders(cfg: ModelConfig) -> nn.ModuleDict:
     H = cfg.hidden
     pool = lambda m: cfg.pool.get(m, "first")  # noqa: E731
     enc = nn.ModuleDict()
     enc["text"] = ModalityEncoder(TokenEmbedding(cfg), make_blocks(cfg, cfg.layers["text"]), H, type_id=0,
                                   pool=pool("text"))
-    if cfg.share_text_table:  # same embedding and layers (authors' code); own pooler
+    if cfg.share_text_table and not cfg.table_trains_text:  # reads through the text layers, trains its own
+        enc["table"] = ReaderEncoder(enc["text"], make_blocks(cfg, cfg.layers["table"]), H, type_id=1, pool=pool("table"))
+    elif cfg.share_text_table:  # same embedding and layers (authors' code); own pooler
         enc["table"] = ModalityEncoder(enc["text"].embed, enc["text"].blocks, H, type_id=1, pool=pool("table"))
     else:
         enc["table"] = ModalityEncoder(TokenEmbedding(cfg), make_blocks(cfg, cfg.layers["table"]), H, type_id=1,

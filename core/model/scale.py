@@ -76,7 +76,12 @@ class SCALE(nn.Module):
         if pretrained and cfg.init_text_from_pretrained:
             sd, conf = pretrained_text_state(cfg.text_backbone)
             for m in TOKEN_MODALITIES:  # with share_text_table the second copy is a no-op on the same tensors
-                load_bert_into(self.encoders[m], sd, conf, cfg.text_backbone)
+                if not self._reads_text(m):  # a reader's own blocks sit on top of the text layers: BERT init
+                    load_bert_into(self.encoders[m], sd, conf, cfg.text_backbone)
+
+    def _reads_text(self, m: str) -> bool:
+        """The table reads through the text encoder without training it (share_text_table, table_trains_text=False)."""
+        return m == "table" and self.cfg.share_text_table and not self.cfg.table_trains_text
 
     @staticmethod
     def _init_weights(mod: nn.Module) -> None:  # BERT's initialization
@@ -183,7 +188,8 @@ class SCALE(nn.Module):
             w = None if weight is None else weight[:, i, i]
             s = None if scale is None else scale[:, i, i]
             if m in TOKEN_MODALITIES:
-                losses[task], pred = token_task(self.heads[task], h, batch[m]["labels"], enc.embed.word.weight,
+                words = enc.embed.word.weight.detach() if self._reads_text(m) else enc.embed.word.weight
+                losses[task], pred = token_task(self.heads[task], h, batch[m]["labels"], words,
                                                 w, s, cfg.topk if predict else 0)
             else:
                 losses[task], pred = feature_task(self.heads[task], h, batch[m]["target"], batch[m]["masked"], w, s, predict)
@@ -207,7 +213,7 @@ class SCALE(nn.Module):
         """Parameters that start from the text backbone (they get lr x pretrained_lr_mult)."""
         if not self.cfg.init_text_from_pretrained:
             return set()
-        prefixes = tuple(f"encoders.{m}.{s}." for m in TOKEN_MODALITIES for s in ("embed", "blocks"))
+        prefixes = tuple(f"encoders.{m}.{s}." for m in TOKEN_MODALITIES if not self._reads_text(m) for s in ("embed", "blocks"))
         return {n for n, _ in self.named_parameters() if n.startswith(prefixes)}
 
     def param_groups(self, lr: float, weight_decay: float, pretrained_lr_mult: float = 0.1,

@@ -58,7 +58,6 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = None
     v = torch.ones(2 * B, dtype=torch.bool, device=a.device) if valid is None else valid.repeat(2)
     drop = torch.eye(2 * B, dtype=torch.bool, device=a.device) | ~v[None, :]  # self and invalid columns
     logits = logits.masked_fill(drop, float("-inf"))[v]  # (n, 2B): valid anchors only
-    target = ((torch.arange(2 * B, device=a.device) + B) % (2 * B))[v]
     if soft is not None and soft_share > 0:
         soft = soft.to(logits.dtype) * v[None, :B]  # partners must be valid columns too
         soft = soft / soft.sum(-1, keepdim=True).clamp_min(1e-12)
@@ -71,6 +70,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = None
         probs = probs[v]
         per = -torch.where(probs > 0, probs * logp, 0.0).sum(-1)  # dropped columns (-inf) carry no target
     else:
+        target = ((torch.arange(2 * B, device=a.device) + B) % (2 * B))[v]
         per = F.cross_entropy(logits, target, reduction="none")  # (n,)
     if weight is not None:
         per = per * weight.repeat(2)[v]

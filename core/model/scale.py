@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .config import MISSING_MODES, ModelConfig
 from .contrastive import contrastive_loss
-from .encoders import build_encoders, load_bert_into, pretrained_text_state
+from .encoders import ReaderEncoder, build_encoders, load_bert_into, pretrained_text_state
 from .score_matrix import harmony
 from .heads import FeatureHead, TokenHead, feature_task, token_task
 from .jct import JointCoTransformer
@@ -80,8 +80,8 @@ class SCALE(nn.Module):
                     load_bert_into(self.encoders[m], sd, conf, cfg.text_backbone)
 
     def _reads_text(self, m: str) -> bool:
-        """The table reads through the text encoder without training it (share_text_table, table_trains_text=False)."""
-        return m == "table" and self.cfg.share_text_table and not self.cfg.table_trains_text
+        """Modality m reads through the text encoder without training it (build_encoders decides which)."""
+        return isinstance(self.encoders[m], ReaderEncoder)
 
     @staticmethod
     def _init_weights(mod: nn.Module) -> None:  # BERT's initialization

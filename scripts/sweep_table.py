@@ -1,4 +1,4 @@
-"""The mean ± std table of a recipe sweep, and which recipes pass the adoption rule against a baseline.
+"""The mean ± std (population, over seeds) table of a recipe sweep, and which recipes pass the adoption rule against a baseline.
 
     python scripts/sweep_table.py sweep-out/results.jsonl [--baseline ship] [--markdown table.md]
 
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.eval.evaluate import seed_summary  # noqa: E402
 
 ROWS = ["fused mAP@10", "[text] mAP@10", "[text+image] mAP@10", "[image] mAP@10", "[table] mAP@10",
         "fused - best single", "fused - best pair", "text->image mAP@10", "table->image mAP@10", "video->text mAP@10",
@@ -25,22 +28,31 @@ AUCS = [r for r in ROWS if r.startswith("mismatch AUC")]
 
 
 def load(path: str | Path) -> dict[str, dict[int, dict[str, float]]]:
-    """recipe -> seed -> row -> value, from the jobs that finished and were evaluated."""
-    out: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
+    """recipe -> seed -> row -> value, from the jobs that finished and were evaluated. The rows are core.eval's
+    seed-summary rows (core.eval.evaluate.seed_summary over the recipe's jobs), so they read as `--seeds` does."""
+    models: dict[str, dict[int, dict]] = defaultdict(dict)
     for line in Path(path).read_text().splitlines():
         if not line.strip():
             continue
         rec = json.loads(line)
-        seeds = (rec.get("eval") or {}).get("seeds", {})
-        if rec.get("rc") != 0 or rec["recipe"] not in seeds:
+        name = rec["recipe"]
+        if rec.get("rc") != 0 or not (rec.get("eval") or {}).get("models"):
             continue
-        s = seeds[rec["recipe"]]
-        out[rec["recipe"]][rec["seed"]] = {r: s[r]["runs"][0] for r in ROWS if r in s}
-    return dict(out)
+        models[name][rec["seed"]] = rec["eval"]["models"]
+    out: dict[str, dict[int, dict[str, float]]] = {}
+    for name, by_seed in models.items():
+        seeds = sorted(by_seed)
+        rows = {key.replace(f"{name} #0", f"{name} #{i}", 1): r
+                for i, s in enumerate(seeds) for key, r in by_seed[s].items()}
+        summary = seed_summary(rows, name, len(seeds))
+        out[name] = {s: {row: summary[row]["runs"][i] for row in ROWS if row in summary} for i, s in enumerate(seeds)}
+    return out
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    """Mean and population std over seeds, as core.eval's --seeds reports them."""
+    mu = sum(values) / len(values)
+    return mu, (sum((v - mu) ** 2 for v in values) / len(values)) ** 0.5
 
 
 def verdict(runs: dict[int, dict[str, float]], base: dict[int, dict[str, float]]) -> tuple[bool, list[str]]:
@@ -51,7 +63,7 @@ def verdict(runs: dict[int, dict[str, float]], base: dict[int, dict[str, float]]
         return False, ["no seed in common with the baseline"]
 
     def m(rs: dict[int, dict[str, float]], row: str) -> float:
-        return statistics.mean(rs[s][row] for s in common)
+        return mean_std([rs[s][row] for s in common])[0]
 
     wins = sum(runs[s]["fused mAP@10"] > base[s]["fused mAP@10"] for s in common)
     if m(runs, "fused mAP@10") <= m(base, "fused mAP@10"):

@@ -88,11 +88,23 @@ def test_the_bundle_holds_the_train_split_only_and_survives_its_parts(tmp_path, 
 
 
 def _job(recipe: str, seed: int, fused: float, r1: float, auc_table: float = 0.92, rc: int = 0) -> str:
-    rows = {r: 50.0 for r in table.ROWS}
-    rows.update({"fused mAP@10": fused, "image->text R@1": r1, "mismatch AUC table": auc_table,
-                 "mismatch AUC image": 0.98, "mismatch AUC video": 0.98, "mismatch AUC audio": 0.93})
-    ev = {"seeds": {recipe: {r: {"mean": v, "std": 0.0, "runs": [v]} for r, v in rows.items()}}}
-    return json.dumps({"recipe": recipe, "seed": seed, "rc": rc, "eval": ev})
+    """One job's line as scripts/recipe_sweep.py writes it, its eval in core.eval's layout (one seed, "#0")."""
+    from core.eval.evaluate import HEADLINE
+
+    values = {r: 50.0 for r in table.ROWS}
+    values.update({"fused mAP@10": fused, "image->text R@1": r1, "mismatch AUC table": auc_table,
+                   "mismatch AUC image": 0.98, "mismatch AUC video": 0.98, "mismatch AUC audio": 0.93})
+    model: dict = {}
+    for label, path in HEADLINE:
+        if label in values:
+            d = model
+            for k in path[:-1]:
+                d = d.setdefault(k, {})
+            d[path[-1]] = values[label]
+    models = {f"{recipe} #0": model}
+    for sub in ("text", "text+image", "image", "table"):
+        models[f"{recipe} #0 [{sub}]"] = {"retrieval": {"fused": {"mAP@10": values[f"[{sub}] mAP@10"]}}}
+    return json.dumps({"recipe": recipe, "seed": seed, "rc": rc, "eval": {"models": models}})
 
 
 def test_sweep_table_means_and_rule_on_a_hand_made_case(tmp_path):
@@ -107,12 +119,13 @@ def test_sweep_table_means_and_rule_on_a_hand_made_case(tmp_path):
     (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n")
     res = table.load(tmp_path / "r.jsonl")
     assert sorted(res["good"]) == [0, 1, 2]
-    assert table.mean_std([73.0, 72.0, 74.0]) == (73.0, 1.0)
+    assert table.mean_std([73.0, 72.0, 74.0]) == pytest.approx((73.0, (2 / 3) ** 0.5))  # population std, as --seeds
+    assert res["ship"][1]["[text+image] mAP@10"] == 50.0 and res["aligns"][2]["mismatch AUC table"] == 0.90
     assert table.verdict(res["good"], res["ship"]) == (True, [])
     ok, why = table.verdict(res["lucky"], res["ship"])
     assert not ok and why == ["fused higher in 1 of 3 seeds"]
     ok, why = table.verdict(res["aligns"], res["ship"])
     assert not ok and len(why) == 2 and why[0].startswith("image->text R@1") and why[1].startswith("mismatch AUC table")
     md = table.table(res, "ship")
-    assert "| fused mAP@10 | 73.00 ± 1.00 | 73.33 ± 2.08 |" in md
+    assert "| fused mAP@10 | 73.00 ± 0.82 | 73.33 ± 1.70 |" in md
     assert md.splitlines()[-1].startswith("| rule against ship | baseline | passes | fails: fused higher in 1 of 3 seeds |")

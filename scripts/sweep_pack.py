@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.data.backbones import text_model_dir  # noqa: E402
+from core.errors import ScaleError  # noqa: E402
 from core.data.splits import in_split  # noqa: E402
 
 TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -75,8 +76,15 @@ def main() -> int:
     if not (Path(a.cache) / "index.json").is_file():
         print(f"error: {a.cache}: no index.json. Fix: build the cache with python -m core.data.features build.", file=sys.stderr)
         return 2
+    if a.part_mb <= 0:
+        print(f"error: --part-mb {a.part_mb}: use a size above 0 (one device call carries 64 MiB).", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
-        n = train_bundle(Path(a.manifest), Path(a.cache), Path(tmp) / "sweepdata")
+        try:
+            n = train_bundle(Path(a.manifest), Path(a.cache), Path(tmp) / "sweepdata")
+        except (ScaleError, OSError) as e:  # no MiniLM package, an unreadable manifest or shard
+            print(f"error: {e}. Fix: install the requirements and pass a readable --manifest and --cache.", file=sys.stderr)
+            return 2
         out.mkdir(parents=True)
         tar = out / "sweepdata.tar.xz"
         with open(tar, "wb") as f:

@@ -85,6 +85,10 @@ def test_the_bundle_holds_the_train_split_only_and_survives_its_parts(tmp_path, 
     data = sweep.unpack([str(p) for p in parts], tmp_path / "unpacked")
     assert (data / "cache" / "x.bin").read_bytes() == bytes(range(256)) * 2000
     assert pack.main() == 2  # --out exists: refused, nothing overwritten
+    monkeypatch.setattr(pack, "train_bundle", lambda *a: (_ for _ in ()).throw(FileNotFoundError("manifest.jsonl")))
+    monkeypatch.setattr(sys, "argv", ["sweep_pack", "--manifest", "m", "--cache", str(tmp_path / "src" / "cache"),
+                                      "--out", str(tmp_path / "other")])
+    assert pack.main() == 2 and not (tmp_path / "other").exists()  # a clear error, no half-written bundle
 
 
 def _job(recipe: str, seed: int, fused: float, r1: float, auc_table: float = 0.92, rc: int = 0) -> str:

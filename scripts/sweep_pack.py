@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.data.backbones import text_model_dir  # noqa: E402
 from core.errors import ScaleError  # noqa: E402
-from core.data.splits import in_split  # noqa: E402
+from core.data.splits import split_of  # noqa: E402
 
 TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
@@ -35,7 +35,7 @@ def train_bundle(manifest: Path, cache: Path, dest: Path) -> int:
     from safetensors.numpy import load_file, save_file
 
     idx = json.loads((cache / "index.json").read_text())
-    keep = {k: v for k, v in idx["products"].items() if in_split(k, v["split"], "train") or in_split(k, v["split"], "dev")}
+    keep = {k: v for k, v in idx["products"].items() if split_of(k, v["split"]) in ("train", "dev")}
     (dest / "cache" / "shards").mkdir(parents=True)
     for shard in sorted({v["shard"] for v in keep.values()}):
         arrays = load_file(str(cache / "shards" / shard))

@@ -32,6 +32,10 @@ def test_evaluate_on_unseen_manifest(tmp_path, featurizer):
     summary = res["seeds"]["recipe"]["fused mAP@10"]
     assert summary["mean"] == scale_row["retrieval"]["fused"]["mAP@10"] and summary["std"] == 0
     assert "fused (skip singletons)" in scale_row["retrieval"]
+    # the fusion fit scored on products it was not fitted on, per checkpoint and over seeds
+    cross = scale_row["fusion_check"]["cross-fitted"]
+    assert cross["splits"] == 10 and 0 <= cross["fused"] <= 100 and "text" in cross["singles"]
+    assert res["seeds"]["recipe"]["fused - best single (cross-fitted)"]["mean"] == cross["fused - best single"]["diff"]
     scale = res["models"]["SCALE"]
     assert scale["retrieval"]["fused"] == res["models"]["again"]["retrieval"]["fused"]  # same checkpoint, same numbers
     for name, r in res["models"].items():

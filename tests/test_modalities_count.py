@@ -120,6 +120,45 @@ def test_fusion_weights_fit_down_weights_a_noise_modality():
     assert weighted_sum(pooled, present, None, w).shape == (80, 16)
 
 
+def test_cross_fit_scores_each_half_with_weights_fitted_on_the_other():
+    from core.eval.metrics import l2n, retrieval_scores
+    from core.train.fusion import cross_fit, fit_weights, weighted_sum
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(6), 6)
+    centers = rng.normal(size=(6, 16))
+    pooled = {m: rng.normal(size=(36, 16)).astype(np.float32) for m in MODALITIES}  # noise
+    pooled["text"] = (centers[labels] + 1.2 * rng.normal(size=(36, 16))).astype(np.float32)
+    pooled["image"] = (centers[labels] + 1.5 * rng.normal(size=(36, 16))).astype(np.float32)
+    present = np.ones((36, 5), dtype=bool)
+    present[:3, INDEX["audio"]] = False
+    ids = np.array([str(i) for i in range(36)])
+
+    def score(sel, w):  # mAP@10 of the weighted sum on the products `sel`, as their own gallery
+        X = l2n(weighted_sum({m: v[sel] for m, v in pooled.items()}, present[sel], None, w))
+        lab, idx = labels[sel].tolist(), ids[sel].tolist()
+        return retrieval_scores(X, X, lab, lab, idx, idx, ks=(10,))["mAP@10"]
+
+    half = np.random.default_rng(7).random(36) < 0.5  # the split cross_fit draws with seed 7
+    fused, text, fitted_in = [], [], []
+    for a in (half, ~half):
+        w, best, _ = fit_weights({m: v[a] for m, v in pooled.items()}, present[a], None, labels[a].tolist(),
+                                 ids[a].tolist())
+        fused.append(score(~a, w))
+        text.append(score(~a, np.eye(5)[INDEX["text"]]))
+        fitted_in.append(best)
+    r = cross_fit(pooled, present, None, labels.tolist(), ids.tolist(), splits=1, seed=7)
+    assert r["splits"] == 2
+    assert r["fused"] == pytest.approx(np.mean(fused), abs=0.01)
+    assert r["singles"]["text"] == pytest.approx(np.mean(text), abs=0.01)
+    assert r["fused"] < np.mean(fitted_in)  # the same fit scored on its own products looks better
+    assert set(r["singles"]) == set(MODALITIES) and len(r["pairs"]) == 10
+    best = max(r["singles"], key=r["singles"].get)
+    assert r["fused - best single"] == {"vs": best, "diff": pytest.approx(r["fused"] - r["singles"][best], abs=0.01)}
+    with pytest.raises(ValueError, match="at least 4 products"):
+        cross_fit({m: v[:1] for m, v in pooled.items()}, present[:1], None, ["a"], ["0"])
+
+
 def test_fusion_check_compares_fused_with_its_best_parts():
     from core.eval.evaluate import fusion_check
     from core.eval.metrics import l2n, retrieval_scores

@@ -10,7 +10,8 @@ instance matching (image<->text R@1/5/10), linear-probe accuracy (nested 5-fold 
 clustering (NMI, purity) on the fused embedding; for checkpoints also the mismatch AUC of S[text, m]
 (core.eval.mismatch), the collapse check (mean cosine of each modality's pooled feature to its mean), the
 fusion check (fused minus the best single modality, the best pair and the frozen baseline, with paired
-bootstrap intervals over queries) and the fusion weights. `frozen` is the no-training baseline: each
+bootstrap intervals over queries, and cross-fitted: weights fitted on half of the split, scored on the other
+half, core.train.fusion.cross_fit) and the fusion weights. `frozen` is the no-training baseline: each
 backbone's own pooled features, L2-normalized, concatenated and PCA-projected. `--seeds` summarizes one recipe's seeds as mean ± std.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .mlm_eval import masked_word_accuracy
 from ..modalities import FEATURE_KEY, INDEX, MODALITIES, TOKEN_MODALITIES, present_in
 from ..data.speech import check_cache_audio
 from ..data.splits import SPLITS, in_split
+from ..train.fusion import cross_fit
 
 FROZEN_DIM = 256  # PCA width of the frozen baseline's concatenated backbone features
 
@@ -236,6 +238,7 @@ def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict
         if name == "SCALE" or "#" in name:  # one row per modality alone and per subset (centred weighted sums)
             embed = lambda sub: cat.embedding("sum:" + "+".join(sub))  # noqa: E731
             row["fusion_check"] = fusion_check(cat.fused, embed, present, labels, ids, frozen_fused)
+            row["fusion_check"]["cross-fitted"] = cross_fit(cat.pooled, present, cat.center, labels, ids)
             out["models"].update(modality_rows(name, embed, present, labels, ids, subsets))
     if seeds:
         out["seeds"] = {name: seed_summary(out["models"], name, len(cks)) for name, cks in seeds.items()}
@@ -254,7 +257,9 @@ HEADLINE = [("fused mAP@10", ("retrieval", "fused", "mAP@10")), ("fused mAP@1", 
             *((f"mismatch AUC {m}", ("mismatch_auc", m, "auc")) for m in ("table", "image", "video", "audio")),
             *((f"collapse {m}", ("collapse", m)) for m in MODALITIES),
             ("MLM content-word top-1", ("mlm_content_words", "top1")),
-            *((f"fused - {k}", ("fusion_check", f"fused - {k}", "diff")) for k in ("best single", "best pair", "frozen"))]
+            *((f"fused - {k}", ("fusion_check", f"fused - {k}", "diff")) for k in ("best single", "best pair", "frozen")),
+            *((f"fused - {k} (cross-fitted)", ("fusion_check", "cross-fitted", f"fused - {k}", "diff"))
+              for k in ("best single", "best pair"))]
 
 
 def _dig(d: dict, path: tuple):
@@ -342,6 +347,11 @@ def print_report(res: dict) -> None:
             if k.startswith("fused - "):
                 print(f"{name} {k} ({v['vs']}): {v['diff']:+.2f} mAP@10, 95% interval [{v['lo']:+.2f}, {v['hi']:+.2f}] "
                       f"over {v['n']} queries" + (" (cannot tell)" if v["lo"] <= 0 <= v["hi"] else ""))
+        cf = r.get("fusion_check", {}).get("cross-fitted")
+        if cf:
+            print(f"{name} cross-fitted fusion (weights fitted on one half, scored on the other, {cf['splits']} times): "
+                  f"fused {cf['fused']:.2f}" + "".join(f", {k} ({cf[k]['vs']}) {cf[k]['diff']:+.2f}"
+                                                        for k in ("fused - best single", "fused - best pair") if k in cf))
         if "fusion_weights" in r:
             print(f"{name} fusion weights: " + ", ".join(f"{m} {v:g}" for m, v in r["fusion_weights"].items()))
     if res.get("seeds"):

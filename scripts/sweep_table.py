@@ -5,7 +5,8 @@
 Reads scripts/recipe_sweep.py's results (one line per job, with its core.eval JSON). The rule is the one the
 checkpoint card states before every comparison: a recipe passes when its mean fitted fused mAP@10 is higher
 than the baseline's and higher in at least 2 of the seeds both have, every alignment row's mean is within
-1 point of the baseline's (or higher) and every mismatch AUC's within 0.01.
+1 point of the baseline's (or higher) and every mismatch AUC's within 0.01. The cross-fitted fusion rows
+(fusion weights fitted on half of dev, scored on the other half) are shown beside the in-sample ones.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.eval.evaluate import seed_summary  # noqa: E402
 
 ROWS = ["fused mAP@10", "[text] mAP@10", "[text+image] mAP@10", "[image] mAP@10", "[table] mAP@10",
-        "fused - best single", "fused - best pair", "text->image mAP@10", "table->image mAP@10", "video->text mAP@10",
+        "fused - best single", "fused - best pair", "fused - best single (cross-fitted)",
+        "fused - best pair (cross-fitted)", "text->image mAP@10", "table->image mAP@10", "video->text mAP@10",
         "audio->text mAP@10", "image->text R@1", "mismatch AUC table", "mismatch AUC image", "mismatch AUC video",
         "mismatch AUC audio", "MLM content-word top-1"]
 ALIGNMENT = ["text->image mAP@10", "table->image mAP@10", "video->text mAP@10", "audio->text mAP@10", "image->text R@1"]

@@ -125,6 +125,7 @@ def test_sweep_table_means_and_rule_on_a_hand_made_case(tmp_path):
     assert sorted(res["good"]) == [0, 1, 2]
     assert table.mean_std([73.0, 72.0, 74.0]) == pytest.approx((73.0, (2 / 3) ** 0.5))  # population std, as --seeds
     assert res["ship"][1]["[text+image] mAP@10"] == 50.0 and res["aligns"][2]["mismatch AUC table"] == 0.90
+    assert res["ship"][0]["fused - best pair (cross-fitted)"] == 50.0  # read from fusion_check["cross-fitted"]
     assert table.verdict(res["good"], res["ship"]) == (True, [])
     ok, why = table.verdict(res["lucky"], res["ship"])
     assert not ok and why == ["fused higher in 1 of 3 seeds"]

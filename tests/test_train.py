@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from core.model.checkpoint import load_checkpoint
+from core.modalities import MODALITIES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"hidden": 64, "heads": 4, "jct_layers": 1, "init_text_from_pretrained": False, "dropout": 0.0,
@@ -151,6 +152,8 @@ def test_fusion_weights_fitted_at_the_end_and_logged(tiny_setup, tmp_path):
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     fit = [x["fusion"] for x in lines if "fusion" in x]
     assert len(fit) == 1 and fit[0]["mAP@10_fitted"] >= fit[0]["mAP@10_equal"]
+    assert fit[0]["cross_fitted"]["fused - best single"]["vs"] in MODALITIES  # the fit on held-out halves
+    assert "cross-fitted (held-out halves) fused - best pair" in r.stderr
     model = load_checkpoint(run / "final", "cpu")
     assert model.fusion_weights.tolist() == pytest.approx(list(fit[0]["fusion_weights"].values()))
     vals = [x["val"] for x in lines if "val" in x]

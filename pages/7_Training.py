@@ -58,6 +58,16 @@ else:
         acc = [(v["step"], v["val"]["mAP@10"]) for v in log.val if "mAP@10" in v["val"] and v.get("step") is not None]
         if acc:
             st.caption("Validation mAP@10 per epoch: " + ", ".join(f"step {int(a)}: {b:.1f}" for a, b in acc))
+    if log.fusion and log.fusion["weights"]:
+        f = log.fusion
+        text = "Fusion weights fitted on dev: " + ", ".join(f"{m} {w:g}" for m, w in f["weights"].items())
+        if "mAP@10_equal" in f and "mAP@10_fitted" in f:
+            text += (f". Dev mAP@10 {f['mAP@10_equal']:.1f} with equal weights, {f['mAP@10_fitted']:.1f} fitted, "
+                     "scored on the products the weights were fitted on")
+        if f["cross_fitted"]:
+            text += ("; fitted on half of dev and scored on the other half: " + ", ".join(
+                f"{k} ({v['vs']}) {v['diff']:+.2f}" for k, v in f["cross_fitted"].items()))
+        st.caption(text + ".")
     pairs = [k for k in log.losses if k.startswith("cl_")]
     t_pairs, t_lr, t_sp, t_val = st.tabs(["Contrastive pairs", "Learning rate", "S′ over steps", "Validation lines"])
     with t_pairs:

@@ -224,6 +224,8 @@ def test_training_page_drops_zeros_shows_validation_and_folds_the_card(setup):
     lines = [{"step": i, "epoch": 0, "lr": 1e-3, "loss": {"mlm": 3.0 - 0.1 * i, "mfp": 0.0 if i % 2 else 0.5, "total": 4.0}}
              for i in range(10)]
     lines.append({"step": 9, "epoch": 1, "val": {"mlm": 2.5, "mfp": 0.4, "total": 3.5, "mAP@10": 50.0}})
+    lines.append({"step": 9, "epoch": 1, "fusion": {"fusion_weights": {"text": 1.0, "table": 0.1}, "mAP@10_equal": 60.0,
+                  "mAP@10_fitted": 70.0, "cross_fitted": {"fused - best pair": {"vs": "text+table", "diff": -1.25}}}})
     (ck / "train_metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
     at.session_state["ckpt_dir"] = str(ck)
@@ -239,6 +241,8 @@ def test_training_page_drops_zeros_shows_validation_and_folds_the_card(setup):
     assert at.slider(key="tr_smooth").value > 1 or len(lines) < 40  # 10 steps: window 1 is the sensible one
     card = [e for e in at.main.expander if e.label.startswith("Model card")]
     assert card and not card[0].proto.expanded
+    fit = [c.value for c in at.caption if c.value.startswith("Fusion weights fitted on dev")]
+    assert fit and "table 0.1" in fit[0] and "70.0 fitted" in fit[0] and "fused - best pair (text+table) -1.25" in fit[0]
 
 
 # ---------------------------------------------------------------- 6. map, 7. contributions

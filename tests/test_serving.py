@@ -138,12 +138,17 @@ def test_training_log_reader_keeps_only_the_trainers_numbers(tmp_path):
         '{"note": "db_password hunter2"}',
         '{"step": 1, "epoch": 0, "lr": 0.1, "loss": {"total": 2.0, "who": "hunter2"}}',
         '{"step": 2, "epoch": 0, "val": {"total": 1.5, "secret": "hunter2"}, "extra": "hunter2"}',
+        '{"step": 2, "epoch": 1, "fusion": {"fusion_weights": {"text": 1.0, "image": 0.5, "hunter2": 1}, "mAP@10_fitted": 74.4,'
+        ' "note": "hunter2", "cross_fitted": {"fused - best pair": {"vs": "text+image", "diff": -1.3},'
+        ' "fused - best single": {"vs": "hunter2", "diff": 0.1}}}}',
     ]) + "\n")
     (tmp_path / "notes.jsonl").write_text('{"loss": 1.0, "db_password": "hunter2"}\n')
     log = read_train_log(tmp_path)
     assert log.steps.tolist() == [1] and log.losses == {"total": pytest.approx([2.0])}
     assert log.val == [{"step": 2, "epoch": 0, "val": {"total": 1.5}}]
-    assert "hunter2" not in json.dumps(log.val) + log.frame().to_csv()
+    assert log.fusion == {"weights": {"text": 1.0, "image": 0.5}, "mAP@10_fitted": 74.4,
+                          "cross_fitted": {"fused - best pair": {"vs": "text+image", "diff": -1.3}}}
+    assert "hunter2" not in json.dumps(log.val) + log.frame().to_csv() + json.dumps(log.fusion)
     assert read_train_log(tmp_path / "notes.jsonl") is None  # a file is read only under a log's name
 
 

@@ -1,5 +1,5 @@
 """The training-log reader: a run's metrics.jsonl or a checkpoint's train_metrics.jsonl, as arrays for the
-Training page (losses, learning rate, batch-mean S' per step, validation lines)."""
+Training page (losses, learning rate, batch-mean S' per step, validation lines, the fusion fit)."""
 from __future__ import annotations
 
 import json
@@ -23,6 +23,7 @@ class TrainLog:
     losses: dict[str, np.ndarray]  # task -> (T,) float, NaN where not logged
     s_prime: np.ndarray | None  # (T, 5, 5) batch-mean S', NaN for absent / unlogged
     val: list[dict]  # the `val` lines (one an epoch), as they are
+    fusion: dict | None = None  # the last fusion-fit line: weights, mAP@10 equal / fitted, cross-fitted margins
 
     def frame(self) -> "pd.DataFrame":
         import pandas as pd
@@ -66,6 +67,21 @@ def _s_prime(sp: object) -> np.ndarray:
     return m if m.shape == (len(MODALITIES), len(MODALITIES)) else np.full((5, 5), np.nan)
 
 
+def _fusion(d: object) -> dict | None:
+    """The trainer's fusion-fit line, numbers and modality names only (a log must carry no other text)."""
+    if not isinstance(d, dict) or not isinstance(d.get("fusion_weights"), dict):
+        return None
+    out: dict = {"weights": {m: v for m, v in _numbers(d["fusion_weights"]).items() if m in MODALITIES},
+                 **{k: v for k, v in _numbers(d).items() if k in ("mAP@10_equal", "mAP@10_fitted", "products")}}
+    names = set(MODALITIES) | {f"{a}+{b}" for i, a in enumerate(MODALITIES) for b in MODALITIES[i + 1:]}
+    cross = d.get("cross_fitted") if isinstance(d.get("cross_fitted"), dict) else {}
+    out["cross_fitted"] = {k: {"vs": v["vs"], "diff": float(v["diff"])} for k, v in cross.items()
+                           if k in ("fused - best single", "fused - best pair") and isinstance(v, dict)
+                           and v.get("vs") in names and isinstance(v.get("diff"), (int, float))
+                           and not isinstance(v.get("diff"), bool)}
+    return out
+
+
 def loss_curve(values: np.ndarray, window: int) -> np.ndarray:
     """A task's loss per step for plotting: exact zeros (the trainer logs 0 for a batch that had none of the
     task's modality) become gaps, then a trailing mean over `window` steps of the batches that had it."""
@@ -83,18 +99,21 @@ def default_smoothing(n_steps: int) -> int:
 
 def read_train_log(folder: str | Path) -> TrainLog | None:
     """Parse a training log. None if absent. Only what the trainer writes is kept, and only its numbers:
-    step lines ("loss") and validation lines ("val": {name: number}); any other line is skipped (a run may
+    step lines ("loss"), validation lines ("val": {name: number}) and the fusion fit; any other line is skipped (a run may
     be writing its last line, and a log must never carry other text to the page)."""
     path = find_train_log(folder)
     if path is None:
         return None
-    steps, epochs, lrs, losses, sps, val = [], [], [], [], [], []
+    steps, epochs, lrs, losses, sps, val, fusion = [], [], [], [], [], [], None
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             d = json.loads(line)
         except json.JSONDecodeError:
             continue
         if not isinstance(d, dict):
+            continue
+        if "fusion" in d:
+            fusion = _fusion(d["fusion"]) or fusion
             continue
         if isinstance(d.get("val"), dict):
             val.append({"step": _numbers(d).get("step"), "epoch": _numbers(d).get("epoch"), "val": _numbers(d["val"])})
@@ -109,8 +128,8 @@ def read_train_log(folder: str | Path) -> TrainLog | None:
         losses.append(_numbers(loss) if isinstance(loss, dict) else {"total": float(loss)})
         sps.append(_s_prime(d.get("S_prime")))
     if not steps:
-        return TrainLog(path, np.zeros(0, int), np.zeros(0), np.zeros(0), {}, None, val) if val else None
+        return TrainLog(path, np.zeros(0, int), np.zeros(0), np.zeros(0), {}, None, val, fusion) if val else None
     keys = list(dict.fromkeys(k for l in losses for k in l))
     return TrainLog(path=path, steps=np.asarray(steps), epochs=np.asarray(epochs, dtype=float), lr=np.asarray(lrs),
                     losses={k: np.array([l.get(k, np.nan) for l in losses]) for k in keys},
-                    s_prime=np.stack(sps) if any(np.isfinite(x).any() for x in sps) else None, val=val)
+                    s_prime=np.stack(sps) if any(np.isfinite(x).any() for x in sps) else None, val=val, fusion=fusion)

@@ -238,7 +238,9 @@ def run(checkpoint: str | None, manifest: str, split: str = "val", compare: dict
         if name == "SCALE" or "#" in name:  # one row per modality alone and per subset (centred weighted sums)
             embed = lambda sub: cat.embedding("sum:" + "+".join(sub))  # noqa: E731
             row["fusion_check"] = fusion_check(cat.fused, embed, present, labels, ids, frozen_fused)
-            row["fusion_check"]["cross-fitted"] = cross_fit(cat.pooled, present, cat.center, labels, ids)
+            cross = cross_fit(cat.pooled, present, cat.center, labels, ids)
+            if cross is not None:
+                row["fusion_check"]["cross-fitted"] = cross
             out["models"].update(modality_rows(name, embed, present, labels, ids, subsets))
     if seeds:
         out["seeds"] = {name: seed_summary(out["models"], name, len(cks)) for name, cks in seeds.items()}

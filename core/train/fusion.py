@@ -28,8 +28,13 @@ def weighted_sum(pooled: Mapping[str, np.ndarray], present: np.ndarray, center: 
     return out.astype(np.float32)
 
 
+def _terms(pooled: Mapping[str, np.ndarray], present: np.ndarray, center: np.ndarray | None) -> np.ndarray:
+    """(5, N, H): each modality's centred, masked term of the weighted sum, computed once per fit."""
+    return np.stack([weighted_sum(pooled, present, center, np.eye(len(MODALITIES))[i]) for i in range(len(MODALITIES))])
+
+
 def _score(parts: np.ndarray, weights: np.ndarray, labels, ids) -> float:
-    """parts (5, N, H): each modality's centred, masked term of the sum, computed once per fit."""
+    """parts (5, N, H) from _terms."""
     X = l2n(np.tensordot(weights, parts, axes=1).astype(np.float32))
     return float(retrieval_scores(X, X, labels, labels, ids, ids, ks=(10,))["mAP@10"])
 
@@ -60,20 +65,21 @@ def fit_weights(pooled: Mapping[str, np.ndarray], present: np.ndarray, center: n
                 rounds: int = 2) -> tuple[np.ndarray, float, float]:
     """Coordinate ascent from equal weights. Returns (weights (5,), mAP@10 with them, mAP@10 equal).
     A change is kept only when it improves the score, so the result never scores below equal weights."""
-    parts = np.stack([weighted_sum(pooled, present, center, np.eye(len(MODALITIES))[i]) for i in range(len(MODALITIES))])
+    parts = _terms(pooled, present, center)
     return _ascend(parts, present.any(0), labels, ids, grid, rounds)
 
 
 def cross_fit(pooled: Mapping[str, np.ndarray], present: np.ndarray, center: np.ndarray | None,
               labels: Sequence[str], ids: Sequence[str], splits: int = 5, seed: int = 0,
-              grid: Sequence[float] = GRID, rounds: int = 2) -> dict:
+              grid: Sequence[float] = GRID, rounds: int = 2) -> dict | None:
     """The fusion fit on products it has not seen. `splits` random halves of the products, each used both
     ways: weights fitted on one half (as fit_weights), then the fused sum, each modality alone and each pair
     (with the same fitted weights) scored on the other half as its own gallery. Returns the mean held-out
     mAP@10 of each, and fused minus the best single and the best pair. On the split the weights were fitted
-    on, fused minus its parts is optimistic; this estimate is not."""
+    on, fused minus its parts is optimistic; this estimate is not. None when no halving leaves 2 products
+    on each side (too few products to tell)."""
     n = present.shape[0]
-    parts = np.stack([weighted_sum(pooled, present, center, np.eye(len(MODALITIES))[i]) for i in range(len(MODALITIES))])
+    parts = _terms(pooled, present, center)
     usable = [m for i, m in enumerate(MODALITIES) if present[:, i].sum() >= 2]
     eye = {m: np.eye(len(MODALITIES), dtype=np.float32)[INDEX[m]] for m in MODALITIES}
     labels, ids = np.asarray(labels), np.asarray(ids)
@@ -94,7 +100,7 @@ def cross_fit(pooled: Mapping[str, np.ndarray], present: np.ndarray, center: np.
             for k, v in keys.items():
                 scores.setdefault(k, []).append(_score(rows, v, lab, idx))
     if not scores:
-        raise ValueError(f"cross_fit needs at least 4 products, got {n}")
+        return None
     mean = {k: round(float(np.mean(v)), 2) for k, v in scores.items()}
     out: dict = {"splits": len(scores["fused"]), "fused": mean["fused"],
                  "singles": {m: mean[m] for m in usable}, "pairs": {k: v for k, v in mean.items() if "+" in k}}

@@ -399,8 +399,8 @@ def fit_fusion(model, dataset: FeatureDataset, batch_size: int) -> dict:
     model.fusion_weights.copy_(torch.from_numpy(w))
     out = {"fusion_weights": {m: round(float(x), 3) for m, x in zip(MODALITIES, w)},
            "mAP@10_fitted": round(best, 3), "mAP@10_equal": round(base, 3), "products": len(dataset)}
-    if len(dataset) >= 4:
-        cross = cross_fit(cat.pooled, cat.present, cat.center, cats, dataset.ids)
+    cross = cross_fit(cat.pooled, cat.present, cat.center, cats, dataset.ids)
+    if cross is not None:  # None: too few products to halve
         out["cross_fitted"] = {k: cross[k] for k in ("fused - best single", "fused - best pair") if k in cross}
     return out
 

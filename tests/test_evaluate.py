@@ -3,6 +3,8 @@ import json
 import shutil
 
 import numpy as np
+import pytest
+import torch
 
 from app_fixtures import tiny_setup
 
@@ -75,3 +77,35 @@ def test_release_packages_a_run(tmp_path, featurizer):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["backbones"]["image"] == "efficientnet-lite0"
     assert model.cfg.hidden == 64
+
+
+def test_refit_fusion_rewrites_only_the_weights_and_logs_the_fit(tmp_path, featurizer):
+    from safetensors.torch import load_file
+
+    from core.model.catalog import Catalog
+    from core.model.checkpoint import load_checkpoint, save_checkpoint
+    from core.train.refit_fusion import main
+    from core.train.release import release
+
+    s = tiny_setup(featurizer)
+    run = tmp_path / "run"
+    shutil.copytree(s.checkpoint, run / "final")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": {"total": 1.0}}\n')
+    out = release(run, s.manifest, tmp_path / "ckpt", str(tmp_path / "cache"), split="all")
+    model = load_checkpoint(out, "cpu")
+    model.fusion_weights.fill_(7.0)  # weights no fit would choose, so the refit must change them
+    meta = json.loads((out / "config.json").read_text())
+    save_checkpoint(model, out, extra={**meta["extra"], "backbones": meta["backbones"]}, dtype=torch.float16)
+    before = load_file(out / "model.safetensors")
+    args = ["--checkpoint", str(out), "--manifest", str(s.manifest), "--cache", str(tmp_path / "cache")]
+    assert main(args + ["--on", "val"]) == 2  # never tuned on the reported split
+    assert main(args + ["--on", "all"]) == 0
+    after = load_file(out / "model.safetensors")
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before if k != "fusion_weights")
+    assert after["fusion_weights"].dtype == torch.float16 and after["fusion_weights"].max() <= 1.5
+    line = json.loads((out / "train_metrics.jsonl").read_text().splitlines()[-1])
+    assert line["refit_on"] == "all" and line["fusion"]["fusion_weights"]["text"] == 1.0
+    assert list(line["fusion"]["fusion_weights"].values()) == pytest.approx(after["fusion_weights"].float().tolist(), abs=1e-3)
+    cat = Catalog.load(out / "catalog.npz")  # rewritten with the new weights
+    assert cat.weights.tolist() == pytest.approx(after["fusion_weights"].float().tolist()) and len(cat) == len(s.products)
+    assert json.loads((out / "config.json").read_text())["backbones"] == meta["backbones"]

@@ -120,6 +120,26 @@ def test_fusion_weights_fit_down_weights_a_noise_modality():
     assert weighted_sum(pooled, present, None, w).shape == (80, 16)
 
 
+def test_fusion_fit_leaves_weak_modalities_at_the_smallest_weight():
+    from core.train.fusion import GRID, _score, _terms, fit_weights
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(8), 10)
+    centers = rng.normal(size=(8, 16))
+    pooled = {m: rng.normal(size=(80, 16)).astype(np.float32) * 3 for m in MODALITIES}  # noise
+    pooled["text"] = (centers[labels] + 1.2 * rng.normal(size=(80, 16))).astype(np.float32)
+    pooled["table"] = (centers[labels] + 3.0 * rng.normal(size=(80, 16))).astype(np.float32)  # weaker, above half
+    present = np.ones((80, 5), dtype=bool)
+    ids, labs = [str(i) for i in range(80)], labels.tolist()
+    single = {m: _score(_terms(pooled, present, None), np.eye(5)[INDEX[m]], labs, ids) for m in MODALITIES}
+    assert single["table"] >= 0.5 * single["text"] > single["image"]
+    w, _, _ = fit_weights(pooled, present, None, labs, ids)
+    assert w[INDEX["table"]] > min(GRID)  # fitted: it retrieves at least half as well as text
+    assert all(w[INDEX[m]] == pytest.approx(min(GRID)) for m in ("image", "video", "audio"))  # weak: not fitted
+    w_all, _, _ = fit_weights(pooled, present, None, labs, ids, weak_below=0.0)  # every weight fitted
+    assert w_all[INDEX["image"]] > min(GRID)  # without the rule, the noise gets a weight fitted to these products
+
+
 def test_cross_fit_scores_each_half_with_weights_fitted_on_the_other():
     from core.eval.metrics import l2n, retrieval_scores
     from core.train.fusion import cross_fit, fit_weights, weighted_sum

@@ -15,6 +15,8 @@ from ..eval.metrics import l2n, retrieval_scores
 from ..modalities import INDEX, MODALITIES
 
 GRID: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5)
+# A modality retrieving below this share of the best single modality's mAP@10 gets the smallest weight, unfitted.
+WEAK_BELOW = 0.5
 
 
 def weighted_sum(pooled: Mapping[str, np.ndarray], present: np.ndarray, center: np.ndarray | None,
@@ -39,16 +41,28 @@ def _score(parts: np.ndarray, weights: np.ndarray, labels, ids) -> float:
     return float(retrieval_scores(X, X, labels, labels, ids, ids, ks=(10,))["mAP@10"])
 
 
-def _ascend(parts: np.ndarray, usable: Sequence[bool], labels, ids, grid: Sequence[float],
-            rounds: int) -> tuple[np.ndarray, float, float]:
-    """Coordinate ascent over the non-text weights of `usable` modalities, scored on the rows of `parts`."""
-    w = np.ones(len(MODALITIES), np.float32)
-    base = best = _score(parts, w, labels, ids)
+def _ascend(parts: np.ndarray, usable: Sequence[bool], labels, ids, grid: Sequence[float], rounds: int,
+            weak_below: float = WEAK_BELOW) -> tuple[np.ndarray, float, float]:
+    """Coordinate ascent over the non-text weights, scored on the rows of `parts`. A usable modality whose
+    own mAP@10 is below `weak_below` x the best single modality's is set to the smallest grid weight and
+    not fitted: every free weight is a choice made on a few hundred products, and weak ones overfit."""
+    n = len(MODALITIES)
+    singles = {i: _score(parts, np.eye(n, dtype=np.float32)[i], labels, ids) for i in range(n) if usable[i]}
+    top = max(singles.values(), default=0.0)
+    w = np.ones(n, np.float32)
+    base = _score(parts, w, labels, ids)
+    free = []
+    for i, m in enumerate(MODALITIES):
+        if m == "text" or not usable[i]:
+            continue
+        if singles[i] < weak_below * top:
+            w[i] = min(grid)
+        else:
+            free.append(i)
+    best = _score(parts, w, labels, ids)
     for _ in range(rounds):
         improved = False
-        for i, m in enumerate(MODALITIES):
-            if m == "text" or not usable[i]:
-                continue
+        for i in free:
             for v in grid:
                 trial = w.copy()
                 trial[i] = v
@@ -62,16 +76,16 @@ def _ascend(parts: np.ndarray, usable: Sequence[bool], labels, ids, grid: Sequen
 
 def fit_weights(pooled: Mapping[str, np.ndarray], present: np.ndarray, center: np.ndarray | None,
                 labels: Sequence[str], ids: Sequence[str], grid: Sequence[float] = GRID,
-                rounds: int = 2) -> tuple[np.ndarray, float, float]:
-    """Coordinate ascent from equal weights. Returns (weights (5,), mAP@10 with them, mAP@10 equal).
-    A change is kept only when it improves the score, so the result never scores below equal weights."""
+                rounds: int = 2, weak_below: float = WEAK_BELOW) -> tuple[np.ndarray, float, float]:
+    """Weak modalities at the smallest weight, then coordinate ascent over the others (_ascend). Returns
+    (weights (5,), mAP@10 with them, mAP@10 with equal weights)."""
     parts = _terms(pooled, present, center)
-    return _ascend(parts, present.any(0), labels, ids, grid, rounds)
+    return _ascend(parts, present.any(0), labels, ids, grid, rounds, weak_below)
 
 
 def cross_fit(pooled: Mapping[str, np.ndarray], present: np.ndarray, center: np.ndarray | None,
               labels: Sequence[str], ids: Sequence[str], splits: int = 5, seed: int = 0,
-              grid: Sequence[float] = GRID, rounds: int = 2) -> dict | None:
+              grid: Sequence[float] = GRID, rounds: int = 2, weak_below: float = WEAK_BELOW) -> dict | None:
     """The fusion fit on products it has not seen. `splits` random halves of the products, each used both
     ways: weights fitted on one half (as fit_weights), then the fused sum, each modality alone and each pair
     (with the same fitted weights) scored on the other half as its own gallery. Returns the mean held-out
@@ -91,7 +105,7 @@ def cross_fit(pooled: Mapping[str, np.ndarray], present: np.ndarray, center: np.
             continue
         for fit_on in (half, ~half):
             w, _, _ = _ascend(parts[:, fit_on], present[fit_on].any(0), list(labels[fit_on]), list(ids[fit_on]),
-                              grid, rounds)
+                              grid, rounds, weak_below)
             held = ~fit_on
             rows = parts[:, held]
             lab, idx = list(labels[held]), list(ids[held])

@@ -38,14 +38,22 @@ def release(run: str | Path, manifest: str | Path, out: str | Path, cache_dir: s
     cache = ensure_cache(manifest, cache_dir, "cpu", products=all_products, model_cfg=model.cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, out, extra={"backbones": cache.backbones.to_dict(), "run": str(run)}, dtype=torch.float16)
-    products = [p for p in all_products if p.id in cache and in_split(p.id, p.split, split)]
-    items = [dict(cache[p.id], id=p.id, category=p.category or "", source=p.source or "", split=p.split or "")
-             for p in products]
-    cat = embed_products(load_checkpoint(out, "cpu"), items)  # embeddings of the fp16 weights that ship
-    cat.meta = {"checkpoint": out.name, "split": split, "missing": model.cfg.missing}
-    cat.save(out / "catalog.npz")
+    write_catalog(out, all_products, cache, split)
     shutil.copyfile(run / "metrics.jsonl", out / "train_metrics.jsonl")
     return out
+
+
+def write_catalog(out: Path, products: list, cache, split: str) -> Path:
+    """out/catalog.npz: the embeddings of `split`'s cached products by the checkpoint saved in `out` (the
+    weights that ship, fp16 included), with ids, categories, sources and present masks."""
+    model = load_checkpoint(out, "cpu").eval()
+    chosen = [p for p in products if p.id in cache and in_split(p.id, p.split, split)]
+    items = [dict(cache[p.id], id=p.id, category=p.category or "", source=p.source or "", split=p.split or "")
+             for p in chosen]
+    cat = embed_products(model, items)
+    cat.meta = {"checkpoint": out.name, "split": split, "missing": model.cfg.missing}
+    cat.save(out / "catalog.npz")
+    return out / "catalog.npz"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,16 +60,22 @@ def test_bad_subset_is_a_clear_error(tmp_path, featurizer, capsys):
     assert "smell" in capsys.readouterr().err
 
 
-def test_release_packages_a_run(tmp_path, featurizer):
-    from core.model.catalog import Catalog
-    from core.model.checkpoint import load_checkpoint
+def _released(tmp_path, featurizer):
+    """A tiny run packaged by core.train.release: (the setup, the checkpoint folder)."""
     from core.train.release import release
 
     s = tiny_setup(featurizer)
     run = tmp_path / "run"
     shutil.copytree(s.checkpoint, run / "final")
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": {"total": 1.0}}\n')
-    out = release(run, s.manifest, tmp_path / "ckpt", str(tmp_path / "cache"), split="all")
+    return s, release(run, s.manifest, tmp_path / "ckpt", str(tmp_path / "cache"), split="all")
+
+
+def test_release_packages_a_run(tmp_path, featurizer):
+    from core.model.catalog import Catalog
+    from core.model.checkpoint import load_checkpoint
+
+    s, out = _released(tmp_path, featurizer)
     model = load_checkpoint(out, "cpu")
     cat = Catalog.load(out / "catalog.npz")
     assert len(cat) == len(s.products) and set(cat.categories) == {p.category for p in s.products}
@@ -85,13 +91,8 @@ def test_refit_fusion_rewrites_only_the_weights_and_logs_the_fit(tmp_path, featu
     from core.model.catalog import Catalog
     from core.model.checkpoint import load_checkpoint, save_checkpoint
     from core.train.refit_fusion import main
-    from core.train.release import release
 
-    s = tiny_setup(featurizer)
-    run = tmp_path / "run"
-    shutil.copytree(s.checkpoint, run / "final")
-    (run / "metrics.jsonl").write_text('{"step": 1, "loss": {"total": 1.0}}\n')
-    out = release(run, s.manifest, tmp_path / "ckpt", str(tmp_path / "cache"), split="all")
+    s, out = _released(tmp_path, featurizer)
     model = load_checkpoint(out, "cpu")
     model.fusion_weights.fill_(7.0)  # weights no fit would choose, so the refit must change them
     meta = json.loads((out / "config.json").read_text())

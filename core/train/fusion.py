@@ -3,7 +3,9 @@
 fused = sum over present modalities m of w_m * (l2n(pooled_m) - centre_m). With equal weights a weak
 modality (a table feature that barely varies, say) drags the sum below its best parts; the weights are
 fitted by coordinate ascent on category-retrieval mAP@10 (toolkit-exact) over the `dev` split, never
-on `val`. Weights stay positive (every present modality still counts) and the text weight is 1.
+on `val`. Weights stay positive (every present modality still counts) and the text weight is 1. A
+modality below WEAK_BELOW x the best single modality's mAP@10 keeps the smallest weight, unfitted.
+`cross_fit` scores the fit on products it was not fitted on (the in-sample score is optimistic).
 """
 from __future__ import annotations
 

@@ -11,8 +11,18 @@ fi
 stamp=.venv/.requirements.sha256
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
+  # PyPI's torch with its CUDA libraries fills about 9 GB of .venv; no wheel cache, so the
+  # downloads do not take that much again.
+  free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+  if [ "$free_gb" -lt 10 ]; then
+    echo "setup: only ${free_gb} GB free on the disk of $(pwd); .venv needs about 9 GB." >&2
+  fi
+  if ! { .venv/bin/python -m pip install -q --no-cache-dir --upgrade pip \
+         && .venv/bin/python -m pip install -q --no-cache-dir -r requirements.txt; }; then
+    echo "setup: pip could not install requirements.txt into .venv ($(df -Ph . | awk 'NR==2 {print $4}') free now)." \
+         "Free disk space if pip said 'No space left on device', then rerun: bash scripts/setup.sh" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then

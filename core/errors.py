@@ -29,3 +29,20 @@ class CheckpointError(ScaleError):
 
 class CacheError(ScaleError):
     """The feature cache is missing, corrupt or was built with other backbones."""
+
+
+def write_problem(path: object, error: OSError) -> str:
+    """'could not write PATH: No space left on device (0.2 GB free there)' for an OSError from a write. The
+    free space is read on the nearest existing folder, since a full disk is the usual cause."""
+    import shutil
+    from pathlib import Path
+
+    probe = Path(str(path))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        b = shutil.disk_usage(probe).free
+        free = f" ({b / 2**30:.1f} GB free there)" if b >= 2**30 else f" ({b / 2**20:.0f} MB free there)"
+    except OSError:
+        free = ""
+    return f"could not write {path}: {error.strerror or error}{free}"

@@ -88,3 +88,28 @@ def test_fusion_center_round_trips_and_old_checkpoints_load_uncentered(tmp_path)
         meta = f.metadata()
     save_file({k: v for k, v in load_file(str(path)).items() if k != "fusion_center"}, str(path), metadata=meta)
     assert torch.count_nonzero(load_checkpoint(tmp_path / "c").fusion_center) == 0
+
+
+def test_a_safetensors_io_failure_is_an_oserror_with_its_errno(tmp_path, monkeypatch):
+    """safetensors raises its own error type for a full disk; the trainer and the CLIs catch OSError."""
+    import errno
+
+    import safetensors.torch as st
+
+    from core.model.checkpoint import save_safetensors
+
+    class SafetensorError(Exception):
+        pass
+
+    def full(*_a, **_k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    monkeypatch.setattr(st, "save_file", full)
+    with pytest.raises(OSError) as e:
+        save_safetensors({"x": torch.zeros(2)}, tmp_path / "m.safetensors")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "m.safetensors")
+
+    def other(*_a, **_k):
+        raise SafetensorError("Error while serializing: bad dtype")
+    monkeypatch.setattr(st, "save_file", other)
+    with pytest.raises(SafetensorError):  # not an I/O failure: raised as it is
+        save_safetensors({"x": torch.zeros(2)}, tmp_path / "m.safetensors")

@@ -72,6 +72,48 @@ def test_cache_survives_a_killed_run(tmp_path, synth_catalog):
     assert all(len(cache[pid]) for pid in cache.keys())
 
 
+def test_a_full_disk_stops_the_build_with_the_fix_and_keeps_what_is_written(tmp_path, synth_catalog, monkeypatch):
+    """ENOSPC on the second shard: a CacheError naming the folder, the free space and the fix; no half file;
+    the first chunk stays cached and the same command then finishes the rest."""
+    import errno
+
+    from core.data import features as F
+    from core.errors import CacheError
+
+    out = tmp_path / "cache"
+    products = read_manifest(synth_catalog)
+    real, calls = F._atomic_write_bytes, {"shards": 0}
+
+    def full_disk(path, data):
+        if path.parent.name == "shards":
+            calls["shards"] += 1
+            if calls["shards"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+    monkeypatch.setattr(F, "_atomic_write_bytes", full_disk)
+    with pytest.raises(CacheError, match=r"No space left on device \(.* [GM]B free there\).*2 products.*Fix: free disk"):
+        build_cache(synth_catalog, out, device="cpu", chunk=2, progress=False, products=products)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-00000.safetensors"]  # no reservation left
+    assert len(FeatureCache(out).keys()) == 2
+    monkeypatch.setattr(F, "_atomic_write_bytes", real)
+    s = build_cache(synth_catalog, out, device="cpu", chunk=2, progress=False, products=products)
+    assert s["products"] == len(products) and s["processed_now"] == len(products) - 2
+
+
+def test_atomic_write_leaves_no_half_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from core.data import features as F
+
+    def fail_fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", fail_fsync)
+    with pytest.raises(OSError):
+        F._atomic_write_bytes(tmp_path / "index.json", b"{}")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_shop3k_first_products(tmp_path, shop3k_manifest):
     products = read_manifest(shop3k_manifest)[:4]
     s = build_cache(shop3k_manifest, tmp_path / "c", device="cpu", progress=False, products=products)

@@ -145,6 +145,72 @@ def test_nan_loss_stops_and_keeps_last_good(tiny_setup, tmp_path, monkeypatch):
     assert load_checkpoint(good, "cpu").cfg.hidden == 64
 
 
+def _enospc(*_a, **_k):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_skips_a_checkpoint_then_stops_cleanly_at_the_final_model(tiny_setup, tmp_path, monkeypatch, capsys):
+    """A step checkpoint that cannot be written warns and training goes on; a final model that cannot be
+    written stops with the fix (free space, --resume) and leaves no half folder; --resume then finishes."""
+    from core.errors import ScaleError
+    from core.train import trainer as T
+
+    manifest, cfg, cache = tiny_setup
+    run = tmp_path / "run"
+    args = T.TrainArgs(manifest=str(manifest), out=str(run), config=str(cfg), cache=str(cache), batch_size=2,
+                       split="all", val_split=None, device="cpu", epochs=2, fit_fusion_on=None)
+    real_state, calls = T._save_state, {"n": 0}
+
+    def first_save_fails(*a, **k):
+        calls["n"] += 1
+        return _enospc() if calls["n"] == 1 else real_state(*a, **k)
+    monkeypatch.setattr(T, "_save_state", first_save_fails)
+    real_save = T.save_checkpoint
+    monkeypatch.setattr(T, "save_checkpoint", lambda m, d, **k: _enospc() if Path(d).name.startswith(".tmp-final")
+                        else real_save(m, d, **k))
+    with pytest.raises(ScaleError, match=r"could not write .*final: No space left on device .*B free there.*"
+                                         r"Fix: free disk space, then rerun the same command with --resume"):
+        T.train(args)
+    err = capsys.readouterr().err
+    assert "the checkpoint of step 3 was not written; training goes on, and --resume would start from step 0" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000006"]  # no .tmp-* folder left
+    assert not any(p.name.startswith(".tmp") for p in run.iterdir()) and not (run / "final").exists()
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    T.train(T.TrainArgs(**{**vars(args), "resume": True}))
+    assert load_checkpoint(run / "final", "cpu").cfg.hidden == 64
+    assert [x["step"] for x in steps_of(run)] == list(range(1, 7))
+
+
+def test_metrics_log_drops_a_line_it_cannot_write_and_keeps_whole_lines(tmp_path, capsys):
+    from core.train.trainer import MetricsLog
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.write({"step": 1})
+    raw = log.f
+
+    class HalfThenFull:  # a disk that takes part of the line, then is full
+        def __init__(self):
+            self.calls = 0
+
+        def write(self, data):
+            self.calls += 1
+            return raw.write(data[:5]) if self.calls == 1 else _enospc()
+
+        def fileno(self):
+            return raw.fileno()
+    log.f = HalfThenFull()
+    log.write({"step": 2, "loss": 1.0})
+    log.f = raw
+    log.write({"step": 3})
+    log.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l) for l in lines] == [{"step": 1}, {"step": 3}]
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "1 log line dropped" in err
+
+
 def test_fusion_weights_fitted_at_the_end_and_logged(tiny_setup, tmp_path):
     run = tmp_path / "run"
     r = run_cli(base_args(tiny_setup, run, "--epochs", "1", "--fit-fusion-on", "all"))
@@ -269,3 +335,21 @@ def test_text_epochs_is_checked_and_splits_the_groups():
     f = T.group_schedules(opt, total=10, warmup=0.1, text_total=4)
     for g, fn in zip(opt.param_groups, f):
         assert (fn(4) == 0.0) == g["name"].endswith("_text") and fn(3) > 0
+
+
+@pytest.mark.parametrize("module", ["release", "refit_fusion"])
+def test_release_and_refit_report_a_full_disk_without_a_traceback(module, monkeypatch, tmp_path, capsys):
+    import errno
+    import importlib
+
+    mod = importlib.import_module(f"core.train.{module}")
+    target = tmp_path / "out" / "model.safetensors"
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+    monkeypatch.setattr(mod, "release" if module == "release" else "refit", full)
+    argv = (["--run", "r", "--manifest", "m", "--out", str(tmp_path / "out")] if module == "release"
+            else ["--checkpoint", str(tmp_path / "out"), "--manifest", "m"])
+    assert mod.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"could not write {target}: No space left on device (" in err and "Fix: free disk space" in err

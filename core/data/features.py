@@ -40,7 +40,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .backbones import BackboneConfig, set_offline
-from ..errors import CacheError, ScaleError
+from ..errors import CacheError, ScaleError, write_problem
 from ..modalities import pattern, present_in
 from .records import Product, scan_manifest
 from .speech import AUDIO_BACKBONES
@@ -69,11 +69,15 @@ def _reserve_shard(shards: Path, taken: set[str], tag: str = "") -> str:
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no half file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 _PART = re.compile(r"^index\.rank-(\d+)\.json$")
@@ -367,15 +371,22 @@ def build_cache(manifest: str | Path, out: str | Path, limit: int | None = None,
                 tensors[f"{p.id}/{k}"] = np.ascontiguousarray(v)
             entries[p.id] = {"shard": name, "pattern": pattern(present_in(f)), "split": p.split, "category": p.category}
             records[p.id] = {"entry": entries[p.id], "failure": index["failures"].get(p.id)}
-        if tensors:
-            _atomic_write_bytes(shards / name, save_bytes(tensors))
-        else:
-            (shards / name).unlink(missing_ok=True)  # the reservation of a chunk where every product failed
-        index["products"].update(entries)
-        if world > 1:  # only this rank's records: the ranks never write the same file
-            _atomic_write_bytes(part_path, json.dumps({"rank": rank, "world": world, "records": records}).encode())
-        else:
-            _atomic_write_bytes(index_path, json.dumps(index).encode())
+        try:
+            if tensors:
+                _atomic_write_bytes(shards / name, save_bytes(tensors))
+            else:
+                (shards / name).unlink(missing_ok=True)  # the reservation of a chunk where every product failed
+            index["products"].update(entries)
+            if world > 1:  # only this rank's records: the ranks never write the same file
+                _atomic_write_bytes(part_path, json.dumps({"rank": rank, "world": world, "records": records}).encode())
+            else:
+                _atomic_write_bytes(index_path, json.dumps(index).encode())
+        except OSError as e:  # a full disk: the chunks already on disk stay cached, this one is done again next time
+            (shards / name).unlink(missing_ok=True)
+            bar.close()
+            raise CacheError(f"{write_problem(out, e)}. The {done} products of this build written before it are kept. "
+                             "Fix: free disk space (or build into an --out on another disk), then run the same "
+                             "command again: it goes on from there.") from None
         bar.update(len(group))
         done += len(group)
         if on_chunk is not None:

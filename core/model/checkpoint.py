@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -42,6 +43,23 @@ def set_file_mode(path: "str | Path") -> None:
     os.chmod(path, 0o644 & ~_umask())
 
 
+def save_safetensors(tensors: dict, path: "str | Path", metadata: dict | None = None) -> None:
+    """safetensors' save_file, with its I/O failures (a full disk) raised as OSError like any other write:
+    the library raises its own SafetensorError for them ('... (os error 28)')."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - SafetensorError has no importable public class
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None:
+            raise
+        n = int(code.group(1))
+        raise OSError(n, os.strerror(n), str(path)) from e
+
+
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -56,8 +74,6 @@ def _atomic_write(path: Path, write) -> None:
 def save_checkpoint(model: SCALE, directory: "str | Path", extra: dict | None = None,
                     dtype: torch.dtype = torch.float32) -> Path:
     """Write `directory`/config.json and model.safetensors; floating tensors are stored as `dtype`."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors, aliases, seen = {}, {}, {}
@@ -73,7 +89,7 @@ def save_checkpoint(model: SCALE, directory: "str | Path", extra: dict | None = 
     meta = {"format": FORMAT, "model": model.cfg.to_dict(),
             "backbones": {"text": model.cfg.text_backbone, "audio": model.cfg.audio_backbone,
                           **extra.pop("backbones", {})}, "extra": extra}
-    _atomic_write(directory / WEIGHTS, lambda p: save_file(tensors, p, metadata={"aliases": json.dumps(aliases)}))
+    _atomic_write(directory / WEIGHTS, lambda p: save_safetensors(tensors, p, metadata={"aliases": json.dumps(aliases)}))
     _atomic_write(directory / CONFIG, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
     return directory
 

@@ -19,7 +19,7 @@ import torch
 from ..data.backbones import set_offline
 from ..data.dataset import FeatureDataset
 from ..data.records import read_manifest
-from ..errors import ScaleError
+from ..errors import ScaleError, write_problem
 from ..explore.training_log import LOG_NAMES
 from ..model.catalog import Catalog
 from ..model.checkpoint import WEIGHTS, load_checkpoint, read_checkpoint_config, save_checkpoint
@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         fit = refit(a.checkpoint, a.manifest, a.cache, a.on)
     except ScaleError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk: the files it replaces are written atomically, so they are whole
+        print(f"error: {write_problem(e.filename or a.checkpoint, e)}. Fix: free disk space, then run it again.", file=sys.stderr)
         return 2
     w = ", ".join(f"{m} {v:g}" for m, v in fit["fusion_weights"].items())
     print(f"{a.checkpoint}: fusion weights fitted on {a.on}: {w} (mAP@10 {fit['mAP@10_equal']} -> {fit['mAP@10_fitted']}, "

@@ -20,7 +20,7 @@ import torch
 from ..data.backbones import set_offline
 from ..model.catalog import embed_products
 from ..model.checkpoint import load_checkpoint, save_checkpoint
-from ..errors import ScaleError
+from ..errors import ScaleError, write_problem
 from ..data.records import read_manifest
 from ..data.splits import in_split
 
@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         out = release(a.run, a.manifest, a.out, a.cache, a.split)
     except ScaleError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk: the files it replaces are written atomically, so they are whole
+        print(f"error: {write_problem(e.filename or a.out, e)}. Fix: free disk space, then run it again.", file=sys.stderr)
         return 2
     print(f"released {out}")
     return 0

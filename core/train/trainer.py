@@ -35,11 +35,11 @@ import torch.distributed as dist
 
 from ..data.backbones import BackboneConfig, resolve_device, set_offline
 from ..model.inference import fusion_center
-from ..model.checkpoint import load_checkpoint, save_checkpoint, set_file_mode
+from ..model.checkpoint import load_checkpoint, save_checkpoint, save_safetensors, set_file_mode
 from ..model.config import get_config
 from ..data.dataset import Collator, FeatureDataset, StepBatches, batch_to, step_loader
 from ..data.dataset import epoch_batches, epoch_order  # noqa: F401 - moved to core.data.dataset; importable from here as before
-from ..errors import CheckpointError, ScaleError
+from ..errors import CheckpointError, ScaleError, write_problem
 from ..data.cache import ensure_cache
 from ..data.features import FeatureCache
 from ..modalities import MODALITIES
@@ -165,8 +165,6 @@ def group_schedules(optimizer, total: int, warmup: float, text_total: int | None
 
 # ---------------------------------------------------------------- trainer state on disk (no pickle)
 def _save_state(path: Path, optimizer, scheduler, meta: dict) -> None:
-    from safetensors.torch import save_file
-
     sd = optimizer.state_dict()
     tensors, state_meta = {}, {}
     for pid, st in sd["state"].items():
@@ -179,7 +177,7 @@ def _save_state(path: Path, optimizer, scheduler, meta: dict) -> None:
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    save_file(tensors, str(path / "trainer.safetensors"))
+    save_safetensors(tensors, path / "trainer.safetensors")
     groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in sd["param_groups"]]
     meta = dict(meta, param_groups=groups, state_meta=state_meta, scheduler=scheduler.state_dict())
     (path / "trainer.json").write_text(json.dumps(meta))
@@ -227,9 +225,13 @@ def write_checkpoint(run: Path, model, optimizer, scheduler, meta: dict, keep: i
     name = f"step-{meta['step']:07d}"
     tmp = root / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, tmp, extra={"train": meta})
-    _save_state(tmp, optimizer, scheduler, meta)
-    _seal(tmp)
+    try:
+        save_checkpoint(model, tmp, extra={"train": meta})
+        _save_state(tmp, optimizer, scheduler, meta)
+        _seal(tmp)
+    except BaseException:  # a full disk: no half folder left to take the space the next save needs
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     final = root / name
     if final.exists():
         shutil.rmtree(final)
@@ -287,6 +289,38 @@ def latest_checkpoint(run: Path, skipped: list[str] | None = None) -> Path | Non
 
 
 # ---------------------------------------------------------------- metrics
+class MetricsLog:
+    """metrics.jsonl, one JSON line per record, written unbuffered. A write that fails (a full disk) drops
+    that line, cut back so the file stays whole lines, and warns once; the run goes on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.f = open(path, "ab", buffering=0)
+        self.dropped = 0
+
+    def write(self, rec: dict) -> None:
+        data = memoryview((json.dumps(rec) + "\n").encode())
+        end = os.fstat(self.f.fileno()).st_size
+        try:
+            while data:
+                data = data[self.f.write(data):]
+        except OSError as e:
+            try:
+                os.ftruncate(self.f.fileno(), end)
+            except OSError:
+                pass
+            self.dropped += 1
+            if self.dropped == 1:
+                print(f"\nwarning: {write_problem(self.path, e)}; training goes on, and its log lines are dropped "
+                      "until the disk has room. Fix: free disk space.", file=sys.stderr)
+
+    def close(self) -> None:
+        self.f.close()
+        if self.dropped:
+            n = self.dropped
+            print(f"warning: {self.path}: {n} log line{'s' if n > 1 else ''} dropped (the disk was full).", file=sys.stderr)
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
@@ -494,7 +528,7 @@ def train(a: TrainArgs) -> Path:
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     if is_main and a.resume:  # the killed run may have logged steps past its last checkpoint (or had none)
         _truncate_metrics(run / "metrics.jsonl", step)
-    metrics_f = open(run / "metrics.jsonl", "a") if is_main else None
+    metrics_f = MetricsLog(run / "metrics.jsonl") if is_main else None
     started, last_save, cpu0 = time.time(), time.time(), time.process_time()
 
     best = dict(meta.get("best") or {}) if ckpt else {}  # {"epoch", "mAP@10", "stale"}: survives --resume
@@ -503,9 +537,20 @@ def train(a: TrainArgs) -> Path:
         return {"step": step, "epoch": epoch, "in_epoch": in_epoch, "elapsed": elapsed0 + time.time() - started,
                 "args": {k: v for k, v in vars(a).items()}, "world": world, "best": best}
 
-    def save() -> None:
-        if is_main:
+    def save() -> bool:
+        """The step checkpoint (rank 0). A failed write (a full disk) warns and training goes on: the
+        checkpoint before it stays the one --resume starts from. Returns whether it was written."""
+        if not is_main:
+            return True
+        try:
             write_checkpoint(run, model, optimizer, scheduler, meta_now())
+            return True
+        except OSError as e:
+            last = latest_checkpoint(run)
+            print(f"\nwarning: {write_problem(run / 'checkpoints', e)}: the checkpoint of step {step} was not written; "
+                  f"training goes on, and --resume would start from {last.name if last else 'step 0'}. "
+                  "Fix: free disk space.", file=sys.stderr)
+            return False
 
     centered_at = {"step": -1}
 
@@ -519,7 +564,15 @@ def train(a: TrainArgs) -> Path:
         if a.keep_best and value > best.get("mAP@10", -1.0):
             tmp = run / f".tmp-best-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            save_checkpoint(model, tmp, extra={"train": {"epoch": epoch, "step": step, f"{a.val_split} mAP@10": value}})
+            try:
+                save_checkpoint(model, tmp, extra={"train": {"epoch": epoch, "step": step, f"{a.val_split} mAP@10": value}})
+            except OSError as e:  # the best so far stays as it was; it is not recorded as best
+                shutil.rmtree(tmp, ignore_errors=True)
+                print(f"\nwarning: {write_problem(run / 'best', e)}: epoch {epoch} is not kept as the best. "
+                      "Fix: free disk space.", file=sys.stderr)
+                best["stale"] = best.get("stale", 0) + 1
+                best["stop"] = bool(a.patience) and best["stale"] >= a.patience
+                return
             shutil.rmtree(run / "best", ignore_errors=True)
             os.replace(tmp, run / "best")
         if value > best.get("mAP@10", -1.0):
@@ -565,8 +618,7 @@ def train(a: TrainArgs) -> Path:
                     rec = step_record(out, step, epoch, max(scheduler.get_last_lr()), n_batch * world)
                     # wall and CPU seconds into this process's loop (core.bench; CPU time stays fair on shared cores)
                     rec["t"], rec["cpu_t"] = round(time.time() - started, 3), round(time.process_time() - cpu0, 3)
-                    metrics_f.write(json.dumps(rec) + "\n")
-                    metrics_f.flush()
+                    metrics_f.write(rec)
                     rate = products_seen / max(1e-6, time.time() - started)
                     bar.set_postfix_str(f"{rate:.1f} products/s loss {rec['loss']['total']:.3f} "
                                         f"cl {rec['loss'].get('contrastive', 0):.3f} mlm {rec['loss'].get('mlm', 0):.3f}")
@@ -577,9 +629,10 @@ def train(a: TrainArgs) -> Path:
                     dist.all_reduce(flag)
                     stop_now = bool(flag.item())
                 if stop_now:
-                    save()
+                    saved = save()
                     if is_main:
-                        print(f"\nstopped by signal at step {step}; saved. Continue with --resume.", file=sys.stderr)
+                        print(f"\nstopped by signal at step {step}; {'saved' if saved else 'not saved'}. "
+                              "Continue with --resume.", file=sys.stderr)
                     raise SystemExit(130 if stop["signal"] == signal.SIGINT else 143)
                 if time.time() - last_save > a.save_every_min * 60:
                     save()
@@ -589,8 +642,7 @@ def train(a: TrainArgs) -> Path:
                 refresh_center()
                 if is_main and val_set is not None:
                     v = validate(model, val_set, cfg.missing, device, a.batch_size, a.seed, targets)
-                    metrics_f.write(json.dumps({"step": step, "epoch": epoch, "val": v}) + "\n")
-                    metrics_f.flush()
+                    metrics_f.write({"step": step, "epoch": epoch, "val": v})
                     print(f"\nepoch {epoch} val: loss {v.get('total', float('nan')):.4f} mAP@10 {v.get('mAP@10', float('nan'))}",
                           file=sys.stderr)
                     if "mAP@10" in v:
@@ -613,14 +665,13 @@ def train(a: TrainArgs) -> Path:
             if a.keep_best and best.get("epoch") not in (None, epoch) and (run / "best").is_dir():
                 model.load_state_dict(load_checkpoint(run / "best", device).state_dict())
                 centered_at["step"] = -1
-                metrics_f.write(json.dumps({"step": step, "epoch": epoch, "kept": {k: best[k] for k in ("epoch", "mAP@10")}}) + "\n")
+                metrics_f.write({"step": step, "epoch": epoch, "kept": {k: best[k] for k in ("epoch", "mAP@10")}})
                 print(f"final model: epoch {best['epoch']} (best {a.val_split} mAP@10 {best['mAP@10']}), "
                       f"not the last epoch {epoch}", file=sys.stderr)
             refresh_center()
             if fit_set is not None and not drop:  # weights of modalities the run never saw mean nothing
                 fit = fit_fusion(model, fit_set, a.batch_size)
-                metrics_f.write(json.dumps({"step": step, "epoch": epoch, "fusion": fit}) + "\n")
-                metrics_f.flush()
+                metrics_f.write({"step": step, "epoch": epoch, "fusion": fit})
                 print(f"fusion weights fitted on {a.fit_fusion_on}: {fit['fusion_weights']} "
                       f"(mAP@10 {fit['mAP@10_equal']} -> {fit['mAP@10_fitted']})", file=sys.stderr)
                 for k, v in fit.get("cross_fitted", {}).items():
@@ -628,7 +679,14 @@ def train(a: TrainArgs) -> Path:
             save()
             tmp = run / f".tmp-final-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            save_checkpoint(model, tmp, extra={"train": meta_now()})
+            try:
+                save_checkpoint(model, tmp, extra={"train": meta_now()})
+            except OSError as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                last = latest_checkpoint(run)
+                raise ScaleError(f"{write_problem(final, e)}: the trained model was not written. Fix: free disk space, "
+                                 f"then rerun the same command with --resume (it goes on from "
+                                 f"{last.name if last else 'step 0'} in {run / 'checkpoints'}).") from None
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             print(f"done: {step} steps in {elapsed0 + time.time() - started:.0f} s; model in {final}", file=sys.stderr)

@@ -44,6 +44,12 @@ if st.button("Use my catalog", key="mc_run", type="primary"):
         ak.log.exception("my catalog %s failed", pick)
         st.error(ak.public(str(e)))
         st.stop()
+    except OSError as e:  # a full disk under SCALE_WORK: the server's paths stay in its log
+        ak.log.exception("my catalog %s failed", pick)
+        st.error(f"The server could not write this catalog's files ({e.strerror or 'write failed'}). Fix: ask the "
+                 "administrator to free disk space where the app keeps catalogs (SCALE_WORK), then press the button "
+                 "again: the features already extracted are kept.")
+        st.stop()
     ss["my_catalog"], ss["mc_result"] = pick, res.to_json()
     st.rerun()  # the sidebar and every page now read the new catalog
 

@@ -222,6 +222,34 @@ def test_one_forward_pass_per_product_and_missing_mode():
     assert ex.calls == ["mask", "zero"]
 
 
+def test_use_my_catalog_reports_a_full_disk_without_a_traceback_or_a_path(setup, tmp_path, monkeypatch):
+    import errno
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    import appkit as ak
+
+    mine = setup.checkpoint.parent / "myshop-full"
+    mine.mkdir(exist_ok=True)
+    man = mine / "manifest.jsonl"
+    man.write_text("\n".join(setup.manifest.read_text().splitlines()[:3]) + "\n")
+    where = tmp_path / "work" / "features" / "shard-00000.safetensors"
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(where))
+    monkeypatch.setattr(ak, "build_my_catalog", full)
+    ak._found.clear()
+    at = goto(new_app(), "9_Use_my_catalog")
+    at.selectbox(key="mc_manifest").set_value(str(man.resolve()))
+    at.run()
+    at.button(key="mc_run").click()
+    at.run()
+    no_exception(at)
+    shown = " ".join(e.value for e in at.error)
+    assert "No space left on device" in shown and "free disk space" in shown and str(tmp_path) not in shown
+    assert "my_catalog" not in at.session_state
+
+
 def test_use_my_catalog_then_pages_search_it_through_the_index(setup, tmp_path, monkeypatch):
     """A manifest under the roots becomes this session's catalog (its ANN index above the threshold, 3 here);
     another session keeps the configured catalog."""

@@ -1,6 +1,7 @@
 """Evaluation CLI on a manifest it has never seen (generated products), and checkpoint packaging."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +111,22 @@ def test_refit_fusion_rewrites_only_the_weights_and_logs_the_fit(tmp_path, featu
     cat = Catalog.load(out / "catalog.npz")  # rewritten with the new weights
     assert cat.weights.tolist() == pytest.approx(after["fusion_weights"].float().tolist()) and len(cat) == len(s.products)
     assert json.loads((out / "config.json").read_text())["backbones"] == meta["backbones"]
+
+
+def test_eval_output_paths_fail_fast_and_a_failed_write_keeps_the_report(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from core.eval import evaluate as E
+
+    called = []
+    monkeypatch.setattr(E, "run", lambda *a, **k: called.append(1) or {"models": {}})
+    monkeypatch.setattr(E, "print_report", lambda res: print("REPORT"))
+    assert E.main(["--manifest", "m.jsonl", "--json", str(tmp_path / "no" / "r.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not called  # refused before any evaluation
+
+    def full(self, *_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", full)
+    assert E.main(["--manifest", "m.jsonl", "--json", str(tmp_path / "r.json")]) == 2
+    out = capsys.readouterr()
+    assert "REPORT" in out.out and "No space left on device" in out.err and "The report above is complete" in out.err

@@ -26,7 +26,7 @@ import torch
 
 from ..data.backbones import set_offline
 from ..model.catalog import Catalog
-from ..errors import ScaleError
+from ..errors import ScaleError, write_problem
 from ..data.features import FeatureCache
 from .metrics import (clustering, collapse_score, concat_pca, instance_recall, l2n, linear_probe, paired_bootstrap,
                       query_ap, retrieval_scores)
@@ -385,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print("error: --compare takes NAME=CHECKPOINT_DIR and --seeds NAME=DIR1,DIR2,...", file=sys.stderr)
         return 2
+    for flag, path in (("--json", a.json), ("--markdown", a.markdown)):  # before minutes of evaluation, not after
+        if path and not Path(path).resolve().parent.is_dir():
+            print(f"error: {flag} {path}: the folder {Path(path).resolve().parent} does not exist. Fix: create it, "
+                  "or write the file elsewhere.", file=sys.stderr)
+            return 2
     try:
         subsets = tuple(tuple(x.split("+")) for x in a.subset)
         bad = {m for sub in subsets for m in sub} - set(MODALITIES)
@@ -396,8 +401,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_report(res)
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=1))
-    if a.markdown:
-        Path(a.markdown).write_text(markdown_table(res) + "\n" + ("\n" + seeds_table(res) + "\n" if res.get("seeds") else ""))
+    outputs = [(a.json, lambda: json.dumps(res, indent=1)),
+               (a.markdown, lambda: markdown_table(res) + "\n" + ("\n" + seeds_table(res) + "\n" if res.get("seeds") else ""))]
+    for path, text in outputs:
+        if not path:
+            continue
+        try:
+            Path(path).write_text(text())
+        except OSError as e:  # the report above is whole; only this file is missing
+            print(f"error: {write_problem(path, e)}. The report above is complete. Fix: free disk space or pick "
+                  "another path, then run it again.", file=sys.stderr)
+            return 2
     return 0

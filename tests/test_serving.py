@@ -111,6 +111,31 @@ def test_product_id_cannot_write_outside_the_upload_folder(bare_explorer, tmp_pa
     assert decoded.present()["image"] and not errors
 
 
+def test_an_upload_the_server_cannot_store_is_left_out_and_the_rest_works(bare_explorer, tmp_path, monkeypatch):
+    """A full disk while saving the video: that part is left out with a message naming the user's file (no
+    server path) and the fix; no half file stays; the title and the image still work."""
+    import errno
+
+    from core.data.synth import COLORS, draw_shape, write_image
+
+    png = write_image(tmp_path / "src.png", draw_shape("circle", COLORS["red"], 64)).read_bytes()
+    real = Path.write_bytes
+
+    def full_for_video(self, data):
+        if self.name.startswith("video-"):
+            real(self, data[:10])  # what a full disk leaves: part of the file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+    monkeypatch.setattr(Path, "write_bytes", full_for_video)
+    product, decoded, errors = bare_explorer.product_from_inputs(
+        "red ball", images=[("ball.png", png)], video=("promo.mp4", b"\x00" * 4096))
+    assert product.video is None and decoded.present()["image"] and decoded.present()["text"]
+    assert set(errors) == {"video"} and errors["video"].startswith("promo.mp4: the server could not store this file")
+    assert "No space left on device" in errors["video"] and "Fix:" in errors["video"]
+    assert str(tmp_path) not in errors["video"]
+    assert not [p for p in _files_under(tmp_path / "up") if p.name.startswith("video-")]
+
+
 def test_upload_space_and_explorer_folders_are_removed_with_their_owner(featurizer):
     from core.explore.explorer import Explorer, UploadSpace
 

@@ -197,11 +197,22 @@ class Explorer:
             raise RecordError(f"product id {product_id!r}: not a plain name. Fix: use letters, digits, '.', '_' or '-'.")
         folder.mkdir(parents=True, exist_ok=True)
         errors: dict[str, str] = {}
+        renames: dict[str, str] = {}  # saved path -> the user's file name, for the messages
 
-        def save(up: Upload, sub: str) -> str:
+        def save(up: Upload, sub: str, modality: str) -> str | None:
+            """The upload on disk; a file the server cannot store (a full disk) is left out with a message,
+            and the product's other parts still work."""
             name, data = up
             path = folder / f"{sub}-{_safe_name(name)}"
-            path.write_bytes(bytes(data))
+            try:
+                path.write_bytes(bytes(data))
+            except OSError as e:
+                path.unlink(missing_ok=True)
+                errors.setdefault(modality, f"{name}: the server could not store this file ({e.strerror or 'write failed'}). "
+                                            "Fix: try again later; if it keeps failing, the server's disk is full and "
+                                            "its administrator must free space.")
+                return None
+            renames[str(path)] = name
             return str(path)
 
         attrs: dict = {}
@@ -210,17 +221,12 @@ class Explorer:
                 attrs = parse_table(table, table_name)
             except MediaError as e:
                 errors["table"] = str(e)
-        image_paths = [save(im, f"image{i}") for i, im in enumerate(images)]
+        image_paths = [p for i, im in enumerate(images) if (p := save(im, f"image{i}", "image"))]
         product = Product(id=pid, title=title.strip(), description=description.strip(), attributes=attrs,
-                          images=image_paths, video=save(video, "video") if video else None,
-                          audio=save(audio, "audio") if audio else None, source="upload")
+                          images=image_paths, video=save(video, "video", "video") if video else None,
+                          audio=save(audio, "audio", "audio") if audio else None, source="upload")
         decoded = self.decode(product, use_video_soundtrack)
         # The decoder names saved files ("image0-x.png"); name the user's files instead.
-        renames = {p: n for p, (n, _) in zip(image_paths, images)}
-        if video:
-            renames[product.video] = video[0]
-        if audio:
-            renames[product.audio] = audio[0]
         for m, msg in decoded.errors.items():
             for p, n in renames.items():
                 msg = msg.replace(p, n)

@@ -363,6 +363,38 @@ def test_urls_are_fetched_once_into_a_hash_named_cache(tmp_path, media):
     assert [why for _, _, why in r1.misses] == ["URL fetch gave text/html, not media"]
 
 
+def test_a_full_disk_stops_the_import_with_the_fix_and_keeps_the_old_manifest(tmp_path, media, monkeypatch, capsys):
+    import errno
+
+    from core.data import importers as I
+
+    _Images.body = (media / "mug.png").read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Images)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.name.endswith(".part"):
+            real(self, data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+    monkeypatch.setattr(Path, "write_bytes", full)
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        src = write_csv(tmp_path / "p.csv", ["Handle", "Title", "Image Src"],
+                        [{"Handle": "mug", "Title": "Mug", "Image Src": f"{base}/files/mug.png"}])
+        out = tmp_path / "out" / "m.jsonl"
+        out.parent.mkdir()
+        out.write_text('{"id": "keep", "title": "old"}\n')
+        assert I.main(["--format", "shopify", "--in", str(src), "--out", str(out)]) == 2
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Fix: free disk space, then run the import again" in err
+    assert out.read_text() == '{"id": "keep", "title": "old"}\n'
+    assert not list((out.parent / "media-cache").glob("*.part"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
-from ..errors import RecordError, ScaleError
+from ..errors import RecordError, ScaleError, write_problem
 from .records import Product, write_manifest
 
 FORMATS = ("shopify", "woocommerce", "magento", "google-merchant")
@@ -281,8 +281,13 @@ class MediaResolver:
         target = self._cache_name(url, ext)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".part")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)  # a killed run never leaves a half file under the final name
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)  # a killed run never leaves a half file under the final name
+        except OSError as e:  # a full disk stops the import; what was fetched stays cached for the next run
+            tmp.unlink(missing_ok=True)
+            raise RecordError(f"{write_problem(target, e)}. Fix: free disk space, then run the import again: the "
+                              f"files fetched so far are reused from {self.cache_dir}.") from None
         return str(target), "fetched"
 
 
@@ -798,6 +803,10 @@ def main(argv: list[str] | None = None) -> int:
         report = import_export(args.src, args.format, args.out, args.media_root, not args.no_fetch, args.timeout)
     except ScaleError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # writing the manifest: an earlier one stays whole (it is replaced only when complete)
+        print(f"error: {write_problem(e.filename or args.out, e)}. Fix: free disk space, then run the import again.",
+              file=sys.stderr)
         return 2
     print_report(report)
     if args.json:

@@ -271,6 +271,33 @@ def test_keeps_the_best_dev_epoch_and_stops_on_patience(tiny_setup, tmp_path, mo
     assert not all(torch.equal(seen[3][k], final[k]) for k in weights)  # the last epoch's weights were not kept
 
 
+def test_a_best_epoch_that_cannot_be_written_is_not_kept(tiny_setup, tmp_path, monkeypatch, capsys):
+    """--keep-best on a full disk at epoch 2 (the best score): a warning, no half folder; final is the best
+    epoch that is on disk (epoch 1), and the log says so."""
+    from core.train import trainer as T
+
+    scores = iter([0.5, 0.7, 0.4])
+    real_validate, real_save = T.validate, T.save_checkpoint
+    monkeypatch.setattr(T, "validate", lambda model, *a, **k: dict(real_validate(model, *a, **k), **{"mAP@10": next(scores)}))
+    calls = {"best": 0}
+
+    def full_at_second_best(model, d, **k):
+        if Path(d).name.startswith(".tmp-best"):
+            calls["best"] += 1
+            if calls["best"] == 2:
+                _enospc()
+        return real_save(model, d, **k)
+    monkeypatch.setattr(T, "save_checkpoint", full_at_second_best)
+    manifest, cfg, cache = tiny_setup
+    run = tmp_path / "run"
+    T.train(T.TrainArgs(manifest=str(manifest), out=str(run), config=str(cfg), cache=str(cache), batch_size=2,
+                        split="all", val_split="val", fit_fusion_on=None, device="cpu", epochs=3, keep_best=True))
+    assert "epoch 2 is not kept as the best" in capsys.readouterr().err
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["kept"] for x in lines if "kept" in x] == [{"epoch": 1, "mAP@10": 0.5}]
+    assert not any(p.name.startswith(".tmp") for p in run.iterdir())
+
+
 def test_the_last_epoch_is_final_by_default(tiny_setup, tmp_path, monkeypatch):
     from core.train import trainer as T
 

@@ -86,9 +86,13 @@ def label(path: str | Path | None) -> str:
 
 
 def public(text: str) -> str:
-    """An error message fit for a remote user: root folders by name, the session's upload folder dropped."""
+    """An error message fit for a remote user: root folders by name; the session's upload folder and the
+    folder where "Use my catalog" builds (SCALE_WORK) dropped."""
+    from core.explore.my_catalog import work_root
+
     space = st.session_state.get("upload_space")
-    return rt.scrub(str(text), server_roots(), [space.path] if space is not None else [])
+    drop = [work_root().resolve(), *([space.path] if space is not None else [])]
+    return rt.scrub(str(text), server_roots(), drop)
 
 
 def _env_choice(var: str, rs: list[Path]) -> str:

@@ -250,6 +250,33 @@ def test_use_my_catalog_reports_a_full_disk_without_a_traceback_or_a_path(setup,
     assert "my_catalog" not in at.session_state
 
 
+def test_use_my_catalog_errors_name_the_build_folder_without_the_server_path(setup, tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    import appkit as ak
+    from core.errors import CacheError
+
+    mine = setup.checkpoint.parent / "myshop-full2"
+    mine.mkdir(exist_ok=True)
+    (mine / "manifest.jsonl").write_text("\n".join(setup.manifest.read_text().splitlines()[:3]) + "\n")
+    work = tmp_path / "work"
+    monkeypatch.setenv("SCALE_WORK", str(work))
+
+    def full(*_a, **_k):
+        raise CacheError(f"could not write {work}/manifest-x/features: No space left on device (0 MB free there).")
+    monkeypatch.setattr(ak, "build_my_catalog", full)
+    ak._found.clear()
+    at = goto(new_app(), "9_Use_my_catalog")
+    at.selectbox(key="mc_manifest").set_value(str((mine / "manifest.jsonl").resolve()))
+    at.run()
+    at.button(key="mc_run").click()
+    at.run()
+    no_exception(at)
+    shown = " ".join(e.value for e in at.error)
+    assert "could not write manifest-x/features: No space left on device" in shown and str(tmp_path) not in shown
+
+
 def test_use_my_catalog_then_pages_search_it_through_the_index(setup, tmp_path, monkeypatch):
     """A manifest under the roots becomes this session's catalog (its ANN index above the threshold, 3 here);
     another session keeps the configured catalog."""

@@ -256,12 +256,15 @@ def _not_run() -> None:  # the Home entry sent by _through_router; a click on it
 def _through_router() -> None:
     """Until a session has run app.py, Streamlit serves a page URL opened directly with its pages/-folder
     router (sidebar "app", no icons). Sending app.py's navigation from the page turns that router off for the
-    process, as app.py's st.navigation does, and gives the sidebar the app's entries; the page runs on.
-    Only in a session's first run: that is the page load of a URL, and no widget event can be lost."""
+    process, as app.py's st.navigation does, and gives the sidebar the app's entries. Then the page runs again
+    at once: the widgets it drew under the old router carry other ids, so a first click on them would be lost.
+    Only in a session's first run: that is the page load of a URL, before any widget event."""
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory and "scale_nav_sent" not in st.session_state:
         st.navigation(app_pages(_not_run))
+        st.session_state["scale_nav_sent"] = True
+        st.rerun()
     st.session_state["scale_nav_sent"] = True
 
 

@@ -41,8 +41,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(featurizer, tmp_path_factory):
+@contextlib.contextmanager
+def _serve(featurizer, tmp_path_factory):
+    """A new Streamlit server on the tiny checkpoint; yields (url, setup)."""
     setup = tiny_setup(featurizer)
     port = _free_port()
     env = dict(os.environ, SCALE_CHECKPOINT=str(setup.checkpoint), SCALE_CATALOG=str(setup.catalog),
@@ -72,6 +73,12 @@ def server(featurizer, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(featurizer, tmp_path_factory):
+    with _serve(featurizer, tmp_path_factory) as served:
+        yield served
 
 
 @contextlib.contextmanager
@@ -274,3 +281,17 @@ def test_eight_browser_sessions_at_once_each_get_their_own_S(server, tmp_path):
     hwm_kb = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM:"))
     print(f"[browser] 8 sessions: server peak RSS {hwm_kb / 2**20:.2f} GB")
     assert hwm_kb / 2**20 < 3.0, f"server peak RSS {hwm_kb / 2**20:.2f} GB"
+
+
+def test_browser_the_first_click_on_a_page_url_opened_in_a_new_server_counts(featurizer, tmp_path_factory):
+    """The first session of a new server opens a page by its URL and clicks a button first: the click must
+    not be lost while the app's navigation replaces Streamlit's pages/-folder router (appkit._through_router).
+    The build it starts shows its progress bar (or finishes at once on a small manifest)."""
+    with _serve(featurizer, tmp_path_factory) as (url, setup), _browser_page(1600, 120_000) as page:
+        page.goto(url + "/Use_my_catalog", timeout=60_000)
+        page.get_by_role("heading", name="Use my catalog").first.wait_for()
+        _wait_idle(page, 120_000)
+        page.get_by_role("button", name="Use my catalog").click()
+        started = page.locator('[data-testid="stProgress"], [data-testid="stAlert"]:has-text("In use:")')
+        started.first.wait_for(timeout=30_000)
+        _no_exception(page, "first click in a new server")

@@ -261,11 +261,11 @@ def _through_router() -> None:
     Only in a session's first run: that is the page load of a URL, before any widget event."""
     from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory and "scale_nav_sent" not in st.session_state:
-        st.navigation(app_pages(_not_run))
-        st.session_state["scale_nav_sent"] = True
-        st.rerun()
+    first = PagesManager.uses_pages_directory and "scale_nav_sent" not in st.session_state
     st.session_state["scale_nav_sent"] = True
+    if first:
+        st.navigation(app_pages(_not_run))
+        st.rerun()
 
 
 def page(title: str, explanation: str, tab: str | None = None) -> Settings:

@@ -50,9 +50,7 @@ def save_safetensors(tensors: dict, path: "str | Path", metadata: dict | None = 
 
     try:
         save_file(tensors, str(path), metadata=metadata)
-    except OSError:
-        raise
-    except Exception as e:  # noqa: BLE001 - SafetensorError has no importable public class
+    except Exception as e:  # noqa: BLE001 - SafetensorError has no importable public class; an OSError passes as is
         code = re.search(r"\(os error (\d+)\)", str(e))
         if code is None:
             raise

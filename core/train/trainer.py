@@ -560,22 +560,25 @@ def train(a: TrainArgs) -> Path:
             model.fusion_center.copy_(fusion_center(model, [train_set[int(i)] for i in np.sort(pick)], a.batch_size))
             centered_at["step"] = step
 
-    def track_best(value: float) -> None:  # rank 0, after each epoch's validation
-        if a.keep_best and value > best.get("mAP@10", -1.0):
-            tmp = run / f".tmp-best-{os.getpid()}"
+    def keep_as_best(value: float) -> bool:  # --keep-best: this epoch's weights to run/best
+        tmp = run / f".tmp-best-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            save_checkpoint(model, tmp, extra={"train": {"epoch": epoch, "step": step, f"{a.val_split} mAP@10": value}})
+        except OSError as e:  # the best so far stays as it was; this epoch is not recorded as best
             shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                save_checkpoint(model, tmp, extra={"train": {"epoch": epoch, "step": step, f"{a.val_split} mAP@10": value}})
-            except OSError as e:  # the best so far stays as it was; it is not recorded as best
-                shutil.rmtree(tmp, ignore_errors=True)
-                print(f"\nwarning: {write_problem(run / 'best', e)}: epoch {epoch} is not kept as the best. "
-                      "Fix: free disk space.", file=sys.stderr)
-                best["stale"] = best.get("stale", 0) + 1
-                best["stop"] = bool(a.patience) and best["stale"] >= a.patience
-                return
-            shutil.rmtree(run / "best", ignore_errors=True)
-            os.replace(tmp, run / "best")
-        if value > best.get("mAP@10", -1.0):
+            print(f"\nwarning: {write_problem(run / 'best', e)}: epoch {epoch} is not kept as the best. "
+                  "Fix: free disk space.", file=sys.stderr)
+            return False
+        shutil.rmtree(run / "best", ignore_errors=True)
+        os.replace(tmp, run / "best")
+        return True
+
+    def track_best(value: float) -> None:  # rank 0, after each epoch's validation
+        better = value > best.get("mAP@10", -1.0)
+        if better and a.keep_best:
+            better = keep_as_best(value)
+        if better:
             best.update({"epoch": epoch, "mAP@10": value, "stale": 0})
         else:
             best["stale"] = best.get("stale", 0) + 1
